@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Usage: scripts/build.sh [BUILD_DIR] [extra cmake args...]   (default build/, Release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-build}; shift || true
+cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build "$dir" -j"$(nproc)"
