@@ -1,0 +1,65 @@
+#include "cli/common.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "core/threads.h"
+
+namespace parscale::cli {
+
+void ModelOptions::add_to(CLI::App& app, bool model_required) {
+  auto* m = app.add_option("--model", model_dir, "model folder (config.json + safetensors)");
+  if (model_required) m->required();
+  app.add_option("--adapter", adapters, "ParScale adapter safetensors (prefixes + aggregation) applied to the backbone");
+  app.add_option("--dtype", dtype, "matrix dtype in memory: auto (as stored), f32, bf16, f16")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}));
+  app.add_option("--threads", threads, "worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+}
+
+ModelWeights ModelOptions::load() const {
+  set_num_threads(threads);
+  LoadOptions lo;
+  lo.adapter_files = adapters;
+  if (dtype != "auto") {
+    lo.convert_matrices = true;
+    lo.matrix_dtype = dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : DType::F16;
+  }
+  ModelWeights w = load_model(model_dir, lo);
+  for (const auto& name : w.unknown_tensors) std::fprintf(stderr, "parscale: warning: unused tensor %s\n", name.c_str());
+  return w;
+}
+
+std::vector<int32_t> parse_id_list(const std::string& text, const std::string& option) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i <= text.size()) {
+    size_t j = text.find(',', i);
+    if (j == std::string::npos) j = text.size();
+    std::string tok = text.substr(i, j - i);
+    while (!tok.empty() && std::isspace(static_cast<unsigned char>(tok.front()))) tok.erase(tok.begin());
+    while (!tok.empty() && std::isspace(static_cast<unsigned char>(tok.back()))) tok.pop_back();
+    if (tok.empty()) throw Error(option + ": empty entry in id list \"" + text + "\"");
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(tok.c_str(), &end, 10);
+    if (*end != '\0' || errno != 0 || v < 0 || v > INT32_MAX)
+      throw Error(option + ": \"" + tok + "\" is not a token id (non-negative integer)");
+    ids.push_back(static_cast<int32_t>(v));
+    i = j + 1;
+  }
+  return ids;
+}
+
+void append_json_float(std::string& out, float v) {
+  if (!std::isfinite(v)) {
+    out += std::isnan(v) ? "NaN" : (v > 0 ? "Infinity" : "-Infinity");
+    return;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(v));
+  out += buf;
+}
+
+}  // namespace parscale::cli

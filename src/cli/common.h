@@ -1,0 +1,29 @@
+// Options shared by the subcommands that load a model, and small parsing helpers.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace parscale::cli {
+
+struct ModelOptions {
+  std::string model_dir;
+  std::vector<std::string> adapters;
+  std::string dtype = "auto";  // auto (as stored), f32, bf16, f16
+  int threads = 0;             // 0 = all cores
+  // Adds --model (required unless `model_required` is false), --adapter, --dtype, --threads.
+  void add_to(CLI::App& app, bool model_required = true);
+  // Applies --threads and loads the model; prints unknown-tensor warnings to stderr.
+  ModelWeights load() const;
+};
+
+// "5,17,3" -> {5, 17, 3}; throws parscale::Error naming the option on bad input.
+std::vector<int32_t> parse_id_list(const std::string& text, const std::string& option);
+
+// Appends a float with round-trip precision (%.9g) to a JSON text.
+void append_json_float(std::string& out, float v);
+
+}  // namespace parscale::cli

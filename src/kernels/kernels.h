@@ -1,0 +1,61 @@
+// Compute kernels: free functions on raw views, fp32 activations, allocate nothing.
+// Threading is internal (OpenMP). Each kernel has a plain scalar reference (`*_ref`) that the
+// tests compare it with; training adds each backward beside its forward (kernels/backward.h).
+#pragma once
+#include <cstdint>
+
+#include "core/weight_view.h"
+
+namespace parscale::kernels {
+
+// ---- matmul ----------------------------------------------------------------------------------
+// y[M, N] = x[M, K] · W[N, K]^T (+ bias[N] when bias != nullptr), W in its storage dtype.
+// x rows are contiguous with stride K; y rows with stride N. W is read once per call.
+void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
+void matmul_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
+
+// Row r of W converted to fp32 (dst has W.cols floats). Used for embedding lookups.
+void weight_row_f32(const WeightView& W, int64_t r, float* dst);
+
+// ---- normalisation / activations ---------------------------------------------------------------
+// y[m, :] = x[m, :] * rsqrt(mean(x[m, :]^2) + eps) * w  (x, y: [M, H]; y may alias x)
+void rmsnorm(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps);
+void rmsnorm_ref(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps);
+
+// out[i] = silu(gate[i]) * up[i] for i < n  (out may alias gate or up)
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+
+// In-place softmax of each row of x [M, N].
+void softmax_rows(float* x, int64_t M, int64_t N);
+
+// ---- rotary position embedding (HF "default" rope, rotate-half convention) -------------------
+// inv_freq[i] = 1 / theta^(2i/D), i < D/2, computed in fp32 as HF does.
+void rope_inv_freq(double theta, int64_t head_dim, float* inv_freq);
+// cos/sin tables [N, D/2] for the positions of N tokens: angle = float(pos) * inv_freq[i].
+void rope_tables(const int32_t* positions, int64_t N, const float* inv_freq, int64_t head_dim, float* cos_t, float* sin_t);
+// x [N, n_heads, D]: x[:i] , x[i+D/2] rotated by the token's angle i (in place).
+void rope_apply(float* x, int64_t N, int64_t n_heads, int64_t head_dim, const float* cos_t, const float* sin_t);
+
+// ---- attention over a KV cache with per-stream prefixes ------------------------------------------
+// The cache of one layer: K and V for `rows` cache rows, layout [row][kv_head][slot][D].
+struct KVLayer {
+  float* k = nullptr;
+  float* v = nullptr;
+  int64_t n_kv_heads = 0;
+  int64_t capacity = 0;  // slots per (row, kv_head)
+  int64_t head_dim = 0;
+  float* k_at(int64_t row, int64_t h, int64_t slot) const { return k + ((row * n_kv_heads + h) * capacity + slot) * head_dim; }
+  float* v_at(int64_t row, int64_t h, int64_t slot) const { return v + ((row * n_kv_heads + h) * capacity + slot) * head_dim; }
+};
+
+// For token i: cache row `row[i]`; it attends to slots [0, n_visible[i]) of that row (its stream's
+// prefix slots then the causal real tokens, all already written to the cache).
+// q [N, n_heads, D] -> out [N, n_heads, D]. GQA: query head h reads kv head h / (n_heads / n_kv_heads).
+// scratch: at least num_threads * max(n_visible) floats. lse (optional, [N, n_heads]) receives the
+// log-sum-exp of the scaled scores (for the backward pass).
+void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
+               const KVLayer& kv, float scale, float* out, float* scratch, float* lse = nullptr);
+void attention_ref(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
+                   const KVLayer& kv, float scale, float* out);
+
+}  // namespace parscale::kernels

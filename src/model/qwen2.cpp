@@ -1,0 +1,102 @@
+#include "model/qwen2.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/error.h"
+#include "core/threads.h"
+
+namespace parscale {
+
+namespace {
+template <typename T>
+void grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+}  // namespace
+
+void ForwardWorkspace::reserve(const ModelConfig& c, int64_t N, int64_t max_visible) {
+  grow(xn, N * c.hidden_size);
+  grow(q, N * c.q_dim());
+  grow(k, N * c.kv_dim());
+  grow(v, N * c.kv_dim());
+  grow(attn, N * c.q_dim());
+  grow(gate, N * c.intermediate_size);
+  grow(up, N * c.intermediate_size);
+  grow(cos_t, N * c.head_dim / 2);
+  grow(sin_t, N * c.head_dim / 2);
+  grow(n_visible, N);
+  grow(scratch, static_cast<int64_t>(num_threads()) * std::max<int64_t>(max_visible, 1));
+  if (static_cast<int64_t>(inv_freq.size()) != c.head_dim / 2) {
+    inv_freq.resize(static_cast<size_t>(c.head_dim / 2));
+    kernels::rope_inv_freq(c.rope_theta, c.head_dim, inv_freq.data());
+  }
+}
+
+void embed_tokens(const ModelWeights& w, const int32_t* ids, int64_t N, float* x) {
+  const int64_t H = w.config.hidden_size;
+  for (int64_t i = 0; i < N; ++i) {
+    if (ids[i] < 0 || ids[i] >= w.config.vocab_size)
+      throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
+                  std::to_string(w.config.vocab_size) + ")");
+    kernels::weight_row_f32(w.embed_tokens, ids[i], x + i * H);
+  }
+}
+
+void qwen2_layer_forward(const ModelWeights& w, int64_t l, KVCache& cache, const int32_t* row, const int32_t* pos,
+                         int64_t N, float* x, ForwardWorkspace& ws) {
+  const ModelConfig& c = w.config;
+  const LayerWeights& L = w.layers[static_cast<size_t>(l)];
+  const int64_t H = c.hidden_size, KD = c.kv_dim(), D = c.head_dim, I = c.intermediate_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  kernels::KVLayer kv = cache.layer(l);
+
+  // Attention block: x += o_proj(attn(rope(q), rope(k), v)) of rmsnorm(x).
+  kernels::rmsnorm(x, L.input_norm, ws.xn.data(), N, H, eps);
+  kernels::matmul(ws.xn.data(), N, L.q_proj, L.q_bias, ws.q.data());
+  kernels::matmul(ws.xn.data(), N, L.k_proj, L.k_bias, ws.k.data());
+  kernels::matmul(ws.xn.data(), N, L.v_proj, L.v_bias, ws.v.data());
+  kernels::rope_apply(ws.q.data(), N, c.num_attention_heads, D, ws.cos_t.data(), ws.sin_t.data());
+  kernels::rope_apply(ws.k.data(), N, c.num_key_value_heads, D, ws.cos_t.data(), ws.sin_t.data());
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t slot = cache.n_prefix[static_cast<size_t>(row[i])] + pos[i];
+    for (int64_t h = 0; h < c.num_key_value_heads; ++h) {
+      std::copy_n(ws.k.data() + i * KD + h * D, D, kv.k_at(row[i], h, slot));
+      std::copy_n(ws.v.data() + i * KD + h * D, D, kv.v_at(row[i], h, slot));
+    }
+  }
+  kernels::attention(ws.q.data(), N, c.num_attention_heads, row, ws.n_visible.data(), kv,
+                     1.0f / std::sqrt(static_cast<float>(D)), ws.attn.data(), ws.scratch.data());
+  kernels::matmul(ws.attn.data(), N, L.o_proj, nullptr, ws.xn.data());
+  for (int64_t i = 0; i < N * H; ++i) x[i] += ws.xn[static_cast<size_t>(i)];
+
+  // MLP block: x += down(silu(gate(n)) * up(n)), n = rmsnorm(x).
+  kernels::rmsnorm(x, L.post_norm, ws.xn.data(), N, H, eps);
+  kernels::matmul(ws.xn.data(), N, L.gate_proj, nullptr, ws.gate.data());
+  kernels::matmul(ws.xn.data(), N, L.up_proj, nullptr, ws.up.data());
+  kernels::swiglu(ws.gate.data(), ws.up.data(), ws.gate.data(), N * I);
+  kernels::matmul(ws.gate.data(), N, L.down_proj, nullptr, ws.xn.data());
+  for (int64_t i = 0; i < N * H; ++i) x[i] += ws.xn[static_cast<size_t>(i)];
+}
+
+void qwen2_layers_forward(const ModelWeights& w, KVCache& cache, const int32_t* row, const int32_t* pos, int64_t N,
+                          float* x, ForwardWorkspace& ws) {
+  const ModelConfig& c = w.config;
+  int64_t max_visible = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (row[i] < 0 || row[i] >= cache.rows()) throw Error("forward: cache row " + std::to_string(row[i]) + " out of range");
+    const int64_t visible = cache.n_prefix[static_cast<size_t>(row[i])] + static_cast<int64_t>(pos[i]) + 1;
+    if (pos[i] < 0 || visible > cache.capacity())
+      throw Error("forward: position " + std::to_string(pos[i]) + " does not fit the KV cache (" +
+                  std::to_string(cache.capacity()) + " slots per row)");
+    max_visible = std::max(max_visible, visible);
+  }
+  ws.reserve(c, N, max_visible);
+  for (int64_t i = 0; i < N; ++i)
+    ws.n_visible[static_cast<size_t>(i)] = cache.n_prefix[static_cast<size_t>(row[i])] + pos[i] + 1;
+  kernels::rope_tables(pos, N, ws.inv_freq.data(), c.head_dim, ws.cos_t.data(), ws.sin_t.data());
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) qwen2_layer_forward(w, l, cache, row, pos, N, x, ws);
+}
+
+}  // namespace parscale
