@@ -197,6 +197,9 @@ std::shared_ptr<TensorStore> TensorStore::open_model_dir(const std::string& dir)
       throw Error(index.string() + ": weight_map['" + it.key() + "'] names an invalid shard file '" + shard + "'");
     expected_by_file[shard].insert(it.key());
   }
+  for (const auto& [shard, names] : expected_by_file)
+    if (!fs::exists(fs::path(dir) / shard))
+      throw Error(index.string() + ": names shard '" + shard + "' (for '" + *names.begin() + "'), which does not exist");
   auto store = std::make_shared<TensorStore>();
   for (const auto& [shard, names] : expected_by_file) {
     const std::string path = (fs::path(dir) / shard).string();

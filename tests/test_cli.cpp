@@ -1,0 +1,85 @@
+// End-to-end checks of the acceptance CLI forms against the golden fixtures.
+#include "test_util.h"
+
+using namespace parscale;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string bin() { return PARSCALE_BINARY; }
+std::string model(const std::string& name) { return (test::fixtures_dir() / "models" / name).string(); }
+std::string join(const std::vector<int32_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+TEST(Cli, LogitsJsonMatchesGoldenForABatch) {
+  const std::string name = "ps3_t5_f16_untied_gqa3";
+  json g = test::read_json(test::fixtures_dir() / "models" / name / "golden.json");
+  std::string cmd = bin() + " logits --model " + model(name) + " --json";
+  for (const auto& s : g["sequences"]) cmd += " --ids " + join(s.get<std::vector<int32_t>>());
+  std::string out, err;
+  ASSERT_EQ(test::run_command(cmd, &out, &err), 0) << err;
+  json j = json::parse(out);
+  ASSERT_EQ(j["logits"].size(), g["logits"].size());
+  for (size_t b = 0; b < g["logits"].size(); ++b) {
+    ASSERT_EQ(j["logits"][b].size(), g["logits"][b].size());
+    for (size_t t = 0; t < g["logits"][b].size(); ++t)
+      for (size_t v = 0; v < g["logits"][b][t].size(); ++v)
+        ASSERT_TRUE(test::logit_close(j["logits"][b][t][v].get<float>(), g["logits"][b][t][v].get<double>()))
+            << b << "," << t << "," << v;
+  }
+}
+
+TEST(Cli, GenerateJsonGreedy) {
+  const std::string name = "ps4_t7_f32_tied_sharded";
+  json g = test::read_json(test::fixtures_dir() / "models" / name / "golden.json");
+  std::string out, err;
+  const std::string cmd = bin() + " generate --model " + model(name) + " --ids " +
+                          join(g["greedy"]["prompt"].get<std::vector<int32_t>>()) + " --max-tokens " +
+                          std::to_string(g["greedy"]["max_tokens"].get<int>()) + " --temperature 0 --ignore-eos --json";
+  ASSERT_EQ(test::run_command(cmd, &out, &err), 0) << err;
+  EXPECT_EQ(json::parse(out)["ids"], g["greedy"]["ids"]);
+}
+
+TEST(Cli, SamplingIsDeterministicForASeed) {
+  const std::string base = bin() + " generate --model " + model("ps2_t1_f32_untied") +
+                           " --ids 5,6,7 --max-tokens 12 --ignore-eos --json --temperature 0.9 --top-k 20 --top-p 0.9 --min-p 0.02 --repetition-penalty 1.1";
+  std::string a, b, c;
+  ASSERT_EQ(test::run_command(base + " --seed 7", &a), 0);
+  ASSERT_EQ(test::run_command(base + " --seed 7", &b), 0);
+  ASSERT_EQ(test::run_command(base + " --seed 8", &c), 0);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(json::parse(a)["ids"].size(), 12u);
+  EXPECT_NE(a, c);
+}
+
+TEST(Cli, ContextLimitStopsWithAMessage) {
+  // max_position_embeddings of this fixture:
+  json cfg = test::read_json(test::fixtures_dir() / "models" / "ps2_t1_f32_untied" / "config.json");
+  const int limit = cfg["max_position_embeddings"].get<int>();
+  std::string out, err;
+  ASSERT_EQ(test::run_command(bin() + " generate --model " + model("ps2_t1_f32_untied") + " --ids 1,2,3 --max-tokens " +
+                                  std::to_string(limit + 50) + " --temperature 0 --ignore-eos --json",
+                              &out, &err),
+            0);
+  EXPECT_EQ(json::parse(out)["ids"].size(), static_cast<size_t>(limit - 3 + 1));
+  EXPECT_NE(err.find("context limit"), std::string::npos) << err;
+}
+
+TEST(Cli, ErrorsAreOneLineWithNonZeroExit) {
+  std::string out, err;
+  EXPECT_EQ(test::run_command(bin() + " logits --model /nonexistent --ids 1 --json", &out, &err), 1);
+  EXPECT_EQ(err, "parscale: error: /nonexistent: model folder not found\n");
+  EXPECT_EQ(test::run_command(bin() + " logits --model " + model("ps2_t1_f32_untied") + " --ids 1,100000 --json", &out, &err), 1);
+  EXPECT_NE(err.find("token id 100000 is outside the vocabulary"), std::string::npos) << err;
+  EXPECT_EQ(test::run_command(bin() + " logits --model " + model("ps2_t1_f32_untied") + " --ids 1,x --json", &out, &err), 1);
+  EXPECT_NE(err.find("\"x\" is not a token id"), std::string::npos) << err;
+  EXPECT_EQ(test::run_command(bin() + " generate --model " + model("ps2_t1_f32_untied") + " --ids 1 --top-p 0", &out, &err), 1);
+  EXPECT_NE(err.find("--top-p"), std::string::npos) << err;
+  EXPECT_NE(test::run_command(bin() + " nosuchcommand", &out, &err), 0);
+}
+
+}  // namespace

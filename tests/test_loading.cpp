@@ -1,0 +1,255 @@
+// Bad input gives one clear error naming file / tensor / field, expected and found; never a crash.
+#include <fstream>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "test_util.h"
+
+using namespace parscale;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string read_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+void write_bytes(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(s.data(), static_cast<std::streamsize>(s.size()));
+}
+
+// Copies a fixture model into a temp dir.
+fs::path copy_fixture(const test::TempDir& tmp, const std::string& name) {
+  const fs::path dst = tmp.path / name;
+  fs::copy(test::fixtures_dir() / "models" / name, dst, fs::copy_options::recursive);
+  return dst;
+}
+
+// Rewrites the JSON header of a safetensors file (data section unchanged).
+void edit_header(const fs::path& file, const std::function<void(json&)>& edit) {
+  std::string bytes = read_bytes(file);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[static_cast<size_t>(i)]);
+  json h = json::parse(bytes.substr(8, n));
+  edit(h);
+  std::string hs = h.dump();
+  while (hs.size() % 8) hs.push_back(' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((hs.size() >> (8 * i)) & 0xff);
+  write_bytes(file, out + hs + bytes.substr(8 + n));
+}
+
+// Expects load_model(dir) to throw an Error whose message contains every needle.
+void expect_load_error(const fs::path& dir, const std::vector<std::string>& needles) {
+  try {
+    load_model(dir.string());
+    ADD_FAILURE() << "expected an error loading " << dir;
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+  }
+}
+
+const char* kModel = "ps2_t1_f32_untied";  // single-file F32 model
+
+TEST(Loading, TruncatedFile) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  auto f = dir / "model.safetensors";
+  std::string b = read_bytes(f);
+  write_bytes(f, b.substr(0, b.size() - 100));
+  expect_load_error(dir, {"model.safetensors", "outside the data section", "truncated"});
+}
+
+TEST(Loading, FileShorterThanHeaderLength) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  auto f = dir / "model.safetensors";
+  write_bytes(f, read_bytes(f).substr(0, 40));
+  expect_load_error(dir, {"model.safetensors", "header length", "past the end"});
+  write_bytes(f, "abc");
+  expect_load_error(dir, {"model.safetensors", "truncated"});
+}
+
+TEST(Loading, HeaderOffsetsOutsideFile) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  edit_header(dir / "model.safetensors", [](json& h) {
+    auto& off = h["model.norm.weight"]["data_offsets"];
+    off[0] = off[0].get<uint64_t>() + (uint64_t{1} << 40);
+    off[1] = off[1].get<uint64_t>() + (uint64_t{1} << 40);
+  });
+  expect_load_error(dir, {"model.safetensors", "model.norm.weight", "outside the data section"});
+}
+
+TEST(Loading, OverlappingRanges) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  edit_header(dir / "model.safetensors", [](json& h) {
+    // Point the final norm at the bytes of the first layer's input norm (same size).
+    h["model.norm.weight"]["data_offsets"] = h["model.layers.0.input_layernorm.weight"]["data_offsets"];
+  });
+  expect_load_error(dir, {"model.safetensors", "overlapping", "model.norm.weight", "model.layers.0.input_layernorm.weight"});
+}
+
+TEST(Loading, SizeMismatchBetweenShapeAndRange) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  edit_header(dir / "model.safetensors", [](json& h) { h["model.norm.weight"]["shape"] = {7}; });
+  expect_load_error(dir, {"model.norm.weight", "needs 28"});
+}
+
+TEST(Loading, MissingTensor) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  edit_header(dir / "model.safetensors", [](json& h) { h.erase("model.layers.1.self_attn.prefix_v"); });
+  expect_load_error(dir, {dir.string(), "missing tensor", "model.layers.1.self_attn.prefix_v", "[2, 2, 1, 8]"});
+}
+
+TEST(Loading, WrongShape) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  // Same byte count, different shape: caught against the config.
+  edit_header(dir / "model.safetensors", [](json& h) {
+    auto s = h["model.layers.0.mlp.up_proj.weight"]["shape"];
+    h["model.layers.0.mlp.up_proj.weight"]["shape"] = {s[1], s[0]};
+  });
+  expect_load_error(dir, {"model.safetensors", "model.layers.0.mlp.up_proj.weight", "has shape", "expected"});
+}
+
+TEST(Loading, UnsupportedDtype) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  edit_header(dir / "model.safetensors", [](json& h) {
+    // F64 of half the element count covers the same bytes.
+    h["model.norm.weight"]["dtype"] = "F64";
+    h["model.norm.weight"]["shape"] = {16};
+  });
+  expect_load_error(dir, {"model.safetensors", "model.norm.weight", "unsupported dtype F64"});
+}
+
+TEST(Loading, InvalidHeaderJson) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  auto f = dir / "model.safetensors";
+  std::string b = read_bytes(f);
+  b[9] = '#';
+  write_bytes(f, b);
+  expect_load_error(dir, {"model.safetensors", "not valid JSON"});
+}
+
+TEST(Loading, InvalidConfigJson) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  write_bytes(dir / "config.json", "{\"model_type\": \"qwen2_parscale\", \"hidden_size\": 32,");
+  expect_load_error(dir, {"config.json", "invalid JSON"});
+}
+
+TEST(Loading, BadConfigFields) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  const json good = test::read_json(dir / "config.json");
+  auto with = [&](const std::function<void(json&)>& f) {
+    json j = good;
+    f(j);
+    write_bytes(dir / "config.json", j.dump());
+  };
+  with([](json& j) { j["model_type"] = "llama"; });
+  expect_load_error(dir, {"config.json", "unsupported model_type \"llama\""});
+  with([](json& j) { j["hidden_size"] = "32"; });
+  expect_load_error(dir, {"config.json", "'hidden_size'", "integer"});
+  with([](json& j) { j["num_attention_heads"] = 3; });
+  expect_load_error(dir, {"config.json", "num_key_value_heads"});
+  with([](json& j) { j["parscale_n"] = 0; });
+  expect_load_error(dir, {"config.json", "'parscale_n'", "> 0"});
+  with([](json& j) { j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}}; });
+  expect_load_error(dir, {"config.json", "rope_scaling"});
+  with([](json& j) { j.erase("model_type"); });
+  expect_load_error(dir, {"config.json", "model_type"});
+  with([](json& j) { j["parscale_n"] = 3; });  // tensors are for P = 2
+  expect_load_error(dir, {"prefix_k", "has shape [2, 2, 1, 8]", "expected [3, 2, 1, 8]"});
+}
+
+TEST(Loading, ShardIndexErrors) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, "ps4_t7_f32_tied_sharded");
+  json idx = test::read_json(dir / "model.safetensors.index.json");
+  // A tensor mapped to the wrong shard.
+  json bad = idx;
+  std::string name = bad["weight_map"].begin().key();
+  std::string file = bad["weight_map"][name];
+  bad["weight_map"][name] = file == "model-00001-of-00002.safetensors" ? "model-00002-of-00002.safetensors"
+                                                                       : "model-00001-of-00002.safetensors";
+  write_bytes(dir / "model.safetensors.index.json", bad.dump());
+  expect_load_error(dir, {name, "index"});
+  // A shard that does not exist.
+  bad = idx;
+  bad["weight_map"][name] = "model-00009-of-00009.safetensors";
+  write_bytes(dir / "model.safetensors.index.json", bad.dump());
+  expect_load_error(dir, {"model-00009-of-00009.safetensors", "does not exist"});
+  // A path escaping the folder.
+  bad["weight_map"][name] = "../x.safetensors";
+  write_bytes(dir / "model.safetensors.index.json", bad.dump());
+  expect_load_error(dir, {"invalid shard file"});
+}
+
+TEST(Loading, NoWeights) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  fs::remove(dir / "model.safetensors");
+  expect_load_error(dir, {"no model.safetensors"});
+  expect_load_error(tmp.path / "nonexistent", {"model folder not found"});
+}
+
+TEST(Loading, UnknownTensorsAreReported) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, kModel);
+  edit_header(dir / "model.safetensors", [](json& h) {
+    // An extra zero-size tensor.
+    h["model.layers.0.self_attn.rotary_emb.inv_freq"] = {{"dtype", "F32"}, {"shape", {0}}, {"data_offsets", {0, 0}}};
+  });
+  ModelWeights w = load_model(dir.string());
+  ASSERT_EQ(w.unknown_tensors.size(), 1u);
+  EXPECT_NE(w.unknown_tensors[0].find("rotary_emb.inv_freq"), std::string::npos);
+}
+
+TEST(Loading, WriteSafetensorsRoundTripAndAtomic) {
+  test::TempDir tmp;
+  const auto path = (tmp.path / "t.safetensors").string();
+  std::vector<float> a{1, 2, 3, 4, 5, 6};
+  std::vector<uint16_t> b{f32_to_bf16(1.5f), f32_to_bf16(-2.0f)};
+  write_safetensors(path, {{"a", DType::F32, {2, 3}, a.data()}, {"b", DType::BF16, {2}, b.data()}});
+  SafetensorsFile f(path);
+  ASSERT_EQ(f.tensors().size(), 2u);
+  EXPECT_EQ(f.tensors().at("a").shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(reinterpret_cast<const float*>(f.tensors().at("a").data)[5], 6.0f);
+  EXPECT_EQ(bf16_to_f32(reinterpret_cast<const uint16_t*>(f.tensors().at("b").data)[1]), -2.0f);
+  EXPECT_EQ(f.metadata().at("format"), "pt");
+  // No temporary file is left behind, and a duplicate name fails without touching the target.
+  for (const auto& e : fs::directory_iterator(tmp.path)) EXPECT_EQ(e.path().filename(), "t.safetensors");
+  EXPECT_THROW(write_safetensors(path, {{"a", DType::F32, {1}, a.data()}, {"a", DType::F32, {1}, a.data()}}), Error);
+  EXPECT_EQ(SafetensorsFile(path).tensors().size(), 2u);
+}
+
+TEST(Loading, NullFieldsTakeUpstreamDefaults) {
+  json j = {{"model_type", "qwen2_parscale"}, {"hidden_size", 32}, {"num_attention_heads", 4},
+            {"num_key_value_heads", nullptr}, {"rope_scaling", nullptr}, {"parscale_n", 2},
+            {"parscale_n_tokens", nullptr}, {"eos_token_id", nullptr}, {"vocab_size", 10},
+            {"intermediate_size", 8}, {"num_hidden_layers", 1}};
+  ModelConfig c = ModelConfig::from_json(j, "cfg");
+  EXPECT_EQ(c.num_key_value_heads, 4);
+  EXPECT_EQ(c.parscale_n_tokens, 48);
+  EXPECT_DOUBLE_EQ(c.parscale_attn_smooth, 0.01);
+  EXPECT_TRUE(c.eos_token_ids.empty());
+  EXPECT_EQ(c.head_dim, 8);
+  // to_json -> from_json round trip keeps every field.
+  ModelConfig d = ModelConfig::from_json(c.to_json(), "roundtrip");
+  EXPECT_EQ(d.to_json(), c.to_json());
+}
+
+}  // namespace
