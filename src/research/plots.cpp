@@ -35,7 +35,7 @@ svg::Figure scaling_law_figure(const FitResult& fit, const std::string& title) {
   svg::Panel panel;
   panel.title = "L = " + fmt("%.4f", fit.law.E) + " + (" + fmt("%.4g", fit.law.A) + " / (N (" +
                 fmt("%.4f", fit.law.k) + " ln P + 1)))^" + fmt("%.4f", fit.law.alpha) +
-                "   R2 = " + fmt("%.4f", fit.r2);
+                ",   R^2 = " + fmt("%.4f", fit.r2);
   panel.x_label = "Parameters N (non-embedding, ParScale included; log scale)";
   panel.y_label = "Final loss";
   panel.log_x = true;
@@ -142,7 +142,7 @@ svg::Figure cost_comparison_figure(const PaperComparison& comparison) {
       arrow.x0 = base;
       arrow.x1 = param;
       arrow.y0 = arrow.y1 = c.target_loss;
-      arrow.text = fmt("%.1fx less ", ratio) + (metric == 0 ? "memory" : "latency") + " increase";
+      arrow.text = fmt("%.1fx less ", ratio) + (metric == 0 ? "memory" : "latency") + " incr.";
       panel.arrows.push_back(arrow);
       (metric == 0 ? memory_row : latency_row).push_back(panel);
     }

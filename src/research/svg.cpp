@@ -226,9 +226,11 @@ std::string render(const Figure& figure) {
     s << "</g>\n";
     for (const Arrow& a : panel.arrows) {
       if (a.text.empty()) continue;
-      s << "<text x=\"" << num((X(a.x0) + X(a.x1)) / 2) << "\" y=\"" << num(std::min(Y(a.y0), Y(a.y1)) - 6)
-        << "\" text-anchor=\"middle\" font-size=\"12\" font-weight=\"bold\" fill=\"" << a.color << "\">"
-        << esc(a.text) << "</text>\n";
+      // Below the arrow, starting just right of its tail; a white halo keeps it legible over lines.
+      s << "<text x=\"" << num(std::min(X(a.x0), X(a.x1)) + 6) << "\" y=\""
+        << num(std::max(Y(a.y0), Y(a.y1)) + 16) << "\" text-anchor=\"start\" font-size=\"12\" "
+        << "font-weight=\"bold\" fill=\"" << a.color << "\" stroke=\"white\" stroke-width=\"3\" "
+        << "paint-order=\"stroke\">" << esc(a.text) << "</text>\n";
     }
     // Legend (top right).
     if (panel.legend) {

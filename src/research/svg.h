@@ -23,7 +23,7 @@ struct Arrow {
   double x0 = 0, y0 = 0, x1 = 0, y1 = 0;  // data coordinates
   std::string color = "#d62728";
   bool dashed = false;
-  std::string text;  // placed near the middle, above the arrow
+  std::string text;  // placed below the arrow, from its left end
 };
 
 struct Panel {
