@@ -82,7 +82,7 @@ void print_single(const ModelShape& shape, const Workload& w, const Hardware& hw
               shape.scaling_law_params(w.streams, w.prefix_tokens), w.streams, shape.backbone_params());
   std::printf("workload batch %ld, P %ld, prefix %ld, input %ld, output %ld tokens\n", w.batch,
               w.streams, w.streams > 1 ? w.prefix_tokens : 0, w.input_tokens, w.output_tokens);
-  std::printf("hardware %s: %.1f TFLOP/s x %.2f, %.0f GB/s x %.2f, capacity %.1f GiB\n",
+  std::printf("hardware %s: %.4g TFLOP/s x %.2f, %.4g GB/s x %.2f, capacity %.1f GiB\n",
               hw.name.c_str(), hw.peak_flops / 1e12, hw.flop_efficiency, hw.memory_bandwidth / 1e9,
               hw.memory_efficiency, hw.capacity_bytes / kGiB);
   if (!hw.note.empty()) std::printf("         (%s)\n", hw.note.c_str());
