@@ -71,8 +71,9 @@ std::vector<double> linear_ticks(double lo, double hi, int target) {
     }
   }
   std::vector<double> ticks;
-  for (double v = std::ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step)
-    ticks.push_back(std::abs(v) < step * 1e-9 ? 0.0 : v);
+  // Each tick is an integer multiple of the step (no accumulated rounding).
+  for (long n = static_cast<long>(std::ceil(lo / step - 1e-9)); n * step <= hi + step * 1e-9; ++n)
+    ticks.push_back(static_cast<double>(n) * step);
   return ticks;
 }
 
