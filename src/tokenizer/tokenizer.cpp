@@ -116,12 +116,31 @@ std::string nfc(std::string_view s) {
   return result;
 }
 
-// True when every code point is below U+0300: such text is already NFC (no combining marks and
-// no composing starters occur below U+0300), so normalization can be skipped.
-bool trivially_nfc(std::string_view s) {
-  for (unsigned char c : s) {
-    if (c >= 0xCC) return false;  // lead bytes of U+0300 and above
+// NFC of valid UTF-8 `s` into `out`; returns false (and leaves `out` alone) when `s` is already
+// NFC by a cheap sufficient test. Only spans that contain a code point >= U+0300 (lead bytes
+// >= 0xCC; below U+0300 there are no combining marks and no composing starters) are normalized,
+// each widened to the ASCII characters around it: an ASCII character has combining class 0 and
+// never composes with what precedes it, so NFC(a + b) = NFC(a) + NFC(b) at such a boundary.
+bool nfc_spans(std::string_view s, std::string& out) {
+  size_t i = 0;
+  while (i < s.size() && static_cast<unsigned char>(s[i]) < 0xCC) ++i;
+  if (i == s.size()) return false;
+  out.clear();
+  out.reserve(s.size() + 16);
+  size_t copied = 0;  // s[0, copied) is already in out
+  while (i < s.size()) {
+    size_t begin = i;  // back to the preceding ASCII character (a possible composition base)
+    while (begin > copied && static_cast<unsigned char>(s[begin - 1]) >= 0x80) --begin;
+    if (begin > copied) --begin;
+    size_t end = i;
+    while (end < s.size() && static_cast<unsigned char>(s[end]) >= 0x80) ++end;
+    out.append(s.substr(copied, begin - copied));
+    out += nfc(s.substr(begin, end - begin));
+    copied = end;
+    i = end;
+    while (i < s.size() && static_cast<unsigned char>(s[i]) < 0xCC) ++i;
   }
+  out.append(s.substr(copied));
   return true;
 }
 
@@ -572,10 +591,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
       return;
     }
     std::string normalized;
-    if (t.nfc && !trivially_nfc(segment)) {
-      normalized = nfc(segment);
-      segment = normalized;
-    }
+    if (t.nfc && nfc_spans(segment, normalized)) segment = normalized;
     t.split_added(segment, t.normalized_matcher, parse_special, [&](int token2, std::string_view piece) {
       if (token2 >= 0) {
         ids.push_back(t.added[static_cast<size_t>(token2)].id);
