@@ -1,12 +1,15 @@
 // `parscale generate --model DIR --ids 5,17,3 --max-tokens 20 --temperature 0 --ignore-eos --json`
 // prints {"ids": [...]} (generated ids only; with several --ids, a list per sequence).
+#include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "cli/common.h"
 #include "cli/registry.h"
 #include "core/error.h"
 #include "engine/generate.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -14,10 +17,75 @@ struct Opts {
   parscale::cli::ModelOptions model;
   std::vector<std::string> ids;
   std::string prompt;
+  std::string tokenizer;
+  bool chat = false;
+  bool parse_special = true;
   parscale::GenerateOptions gen;
   bool json = false;
   bool stats = false;
 };
+
+void report_stops(const parscale::GenerateResult& r, const parscale::ModelWeights& w) {
+  for (size_t b = 0; b < r.stop.size(); ++b)
+    if (r.stop[b] == parscale::StopReason::ContextLimit)
+      std::fprintf(stderr, "parscale: sequence %zu stopped at the context limit (max_position_embeddings = %lld)\n", b,
+                   static_cast<long long>(w.config.max_position_embeddings));
+}
+
+void print_stats(const parscale::GenerateResult& r) {
+  std::fprintf(stderr, "prompt %lld tokens in %.3f s; %lld tokens in %.3f s (%.2f ms/step)\n",
+               static_cast<long long>(r.prompt_tokens), r.prefill_seconds, static_cast<long long>(r.generated_tokens),
+               r.decode_seconds, r.decode_steps ? 1e3 * r.decode_seconds / static_cast<double>(r.decode_steps) : 0.0);
+}
+
+// --prompt TEXT: tokenize, generate, stream the text to stdout as tokens arrive.
+int run_text(const Opts& o) {
+  using namespace parscale;
+  Tokenizer tok = o.tokenizer.empty() ? Tokenizer::from_model_dir(o.model.model_dir) : Tokenizer::from_file(o.tokenizer);
+  std::string text = o.prompt;
+  if (o.chat) {
+    if (!tok.has_chat_template()) throw Error("--chat: the tokenizer has no chat_template (tokenizer_config.json)");
+    text = tok.apply_chat_template({{"user", o.prompt}}, /*add_generation_prompt=*/true);
+  }
+  std::vector<int32_t> ids = tok.encode(text, o.parse_special);
+  if (ids.empty()) throw Error("--prompt: the prompt encodes to no tokens");
+  ModelWeights w = o.model.load();
+  if (tok.vocab_size() > static_cast<size_t>(w.config.vocab_size))
+    throw Error("tokenizer has " + std::to_string(tok.vocab_size()) + " tokens but the model's vocab_size is " +
+                std::to_string(w.config.vocab_size));
+  GenerateOptions gen = o.gen;
+  if (gen.eos_ids.empty()) {
+    gen.eos_ids = w.config.eos_token_ids;
+    for (int32_t e : tok.eos_ids())
+      if (std::find(gen.eos_ids.begin(), gen.eos_ids.end(), e) == gen.eos_ids.end()) gen.eos_ids.push_back(e);
+  }
+  StreamDecoder dec(tok, /*skip_special=*/true);
+  if (!o.json) {
+    std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
+    std::fflush(stdout);
+  }
+  GenerateResult r = generate(w, {ids}, gen, [&](int64_t, int32_t id) {
+    if (o.json) return;
+    std::string piece = dec.push(id);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+  if (o.json) {
+    nlohmann::json j;
+    j["ids"] = r.ids[0];
+    j["text"] = tok.decode(r.ids[0], /*skip_special=*/true);
+    j["prompt_ids"] = ids;
+    j["stop"] = stop_reason_name(r.stop[0]);
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::string tail = dec.flush();
+    std::fwrite(tail.data(), 1, tail.size(), stdout);
+    std::fputc('\n', stdout);
+  }
+  report_stops(r, w);
+  if (o.stats) print_stats(r);
+  return 0;
+}
 
 parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (or a text prompt)", [](CLI::App& app) {
   auto o = std::make_shared<Opts>();
@@ -25,6 +93,9 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
   auto* ids = app.add_option("--ids", o->ids, "comma-separated prompt token ids; repeat for a batch");
   auto* prompt = app.add_option("--prompt", o->prompt, "text prompt (needs the model's tokenizer.json)");
   ids->excludes(prompt);
+  app.add_option("--tokenizer", o->tokenizer, "tokenizer.json to use with --prompt (default: the model folder's)");
+  app.add_flag("--chat", o->chat, "wrap --prompt as one user turn with the tokenizer's chat template");
+  app.add_flag("!--no-special", o->parse_special, "treat special-token text in --prompt as plain text");
   app.add_option("--max-tokens", o->gen.max_tokens, "maximum tokens to generate per sequence")->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", o->gen.sampling.temperature, "0 = greedy (default 1)");
   app.add_option("--top-k", o->gen.sampling.top_k, "keep the k most likely tokens (0 = off)");
@@ -38,15 +109,12 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
   return [o]() -> int {
     using namespace parscale;
     if (o->ids.empty() && o->prompt.empty()) throw Error("generate: give --ids or --prompt");
-    if (!o->prompt.empty()) throw Error("generate: --prompt needs the tokenizer, which this build does not include yet; use --ids");
+    if (!o->prompt.empty()) return run_text(*o);
     std::vector<std::vector<int32_t>> prompts;
     for (const auto& s : o->ids) prompts.push_back(cli::parse_id_list(s, "--ids"));
     ModelWeights w = o->model.load();
     GenerateResult r = generate(w, prompts, o->gen);
-    for (size_t b = 0; b < r.stop.size(); ++b)
-      if (r.stop[b] == StopReason::ContextLimit)
-        std::fprintf(stderr, "parscale: sequence %zu stopped at the context limit (max_position_embeddings = %lld)\n", b,
-                     static_cast<long long>(w.config.max_position_embeddings));
+    report_stops(r, w);
     auto list = [](const std::vector<int32_t>& v) {
       std::string s = "[";
       for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
@@ -67,10 +135,7 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
       for (const auto& ids : r.ids) out += list(ids) + "\n";
     }
     std::fwrite(out.data(), 1, out.size(), stdout);
-    if (o->stats)
-      std::fprintf(stderr, "prompt %lld tokens in %.3f s; %lld tokens in %.3f s (%.2f ms/step)\n",
-                   static_cast<long long>(r.prompt_tokens), r.prefill_seconds, static_cast<long long>(r.generated_tokens),
-                   r.decode_seconds, r.decode_steps ? 1e3 * r.decode_seconds / static_cast<double>(r.decode_steps) : 0.0);
+    if (o->stats) print_stats(r);
     return 0;
   };
 });

@@ -33,4 +33,18 @@ GenerateResult generate(const ModelWeights& weights, const std::vector<std::vect
                         const GenerateOptions& options,
                         const std::function<void(int64_t, int32_t)>& on_token = nullptr);
 
+class Session;
+
+// Continues sequence b of an existing session: feeds `new_tokens` (non-empty) after what the
+// session already holds, then samples up to options.max_tokens tokens. `seen` (the ids the
+// repetition penalty looks at) is extended with new_tokens and the generated ids. Used by chat,
+// where each turn appends to the cached conversation instead of recomputing it.
+struct ContinueResult {
+  std::vector<int32_t> ids;
+  StopReason stop = StopReason::MaxTokens;
+};
+ContinueResult generate_continue(Session& session, int64_t b, const std::vector<int32_t>& new_tokens,
+                                 const GenerateOptions& options, Sampler& sampler, std::vector<int32_t>& seen,
+                                 const std::function<void(int32_t)>& on_token = nullptr);
+
 }  // namespace parscale
