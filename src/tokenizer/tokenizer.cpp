@@ -605,12 +605,14 @@ bool Tokenizer::has_chat_template() const { return !impl_->chat_template.empty()
 const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
 
 std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages,
-                                           bool add_generation_prompt) const {
+                                           bool add_generation_prompt,
+                                           const std::map<std::string, bool>& flags) const {
   check(has_chat_template(), impl_->origin + ": tokenizer_config.json has no chat_template");
   ChatTemplateContext context;
   context.bos_token = impl_->bos_token;
   context.eos_token = impl_->eos_token;
   context.add_generation_prompt = add_generation_prompt;
+  context.flags = flags;
   return render_chat_template(impl_->chat_template, messages, context);
 }
 
