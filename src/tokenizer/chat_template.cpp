@@ -1425,6 +1425,7 @@ std::string render_chat_template(const std::string& template_text,
   for (const ChatMessage& m : messages)
     list.push_back(Value::of_dict({{"role", Value::str(m.role)}, {"content", Value::str(m.content)}}));
   renderer.set_global("messages", Value::of_list(std::move(list)));
+  for (const auto& [name, value] : context.flags) renderer.set_global(name, Value::boolean(value));
   renderer.set_global("add_generation_prompt", Value::boolean(context.add_generation_prompt));
   renderer.set_global("bos_token", Value::str(context.bos_token));
   renderer.set_global("eos_token", Value::str(context.eos_token));

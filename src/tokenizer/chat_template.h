@@ -21,6 +21,7 @@
 // Anything outside the subset raises parscale::Error naming the construct and its position.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,7 @@ struct ChatTemplateContext {
   std::string bos_token;
   std::string eos_token;
   bool add_generation_prompt = false;
+  std::map<std::string, bool> flags;  // extra boolean variables (e.g. enable_thinking)
 };
 
 // Renders `template_text` for `messages` (each a dict {role, content} in the template).

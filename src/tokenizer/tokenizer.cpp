@@ -1,7 +1,5 @@
 #include "tokenizer/tokenizer.h"
 
-#include <utf8proc.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdlib>
@@ -101,47 +99,6 @@ bool bool_field(const json& j, const char* key, bool fallback, const std::string
   check(it->is_boolean(), where + ": field '" + key + "' must be a boolean, found " +
                               std::string(it->type_name()));
   return it->get<bool>();
-}
-
-// NFC of valid UTF-8 `s` (utf8proc, explicit length so NUL bytes are ordinary characters).
-std::string nfc(std::string_view s) {
-  utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                   static_cast<utf8proc_ssize_t>(s.size()), &out,
-                   static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-  check(n >= 0, std::string("NFC normalization failed: ") + utf8proc_errmsg(n));
-  std::string result(reinterpret_cast<const char*>(out), static_cast<size_t>(n));
-  std::free(out);
-  return result;
-}
-
-// NFC of valid UTF-8 `s` into `out`; returns false (and leaves `out` alone) when `s` is already
-// NFC by a cheap sufficient test. Only spans that contain a code point >= U+0300 (lead bytes
-// >= 0xCC; below U+0300 there are no combining marks and no composing starters) are normalized,
-// each widened to the ASCII characters around it: an ASCII character has combining class 0 and
-// never composes with what precedes it, so NFC(a + b) = NFC(a) + NFC(b) at such a boundary.
-bool nfc_spans(std::string_view s, std::string& out) {
-  size_t i = 0;
-  while (i < s.size() && static_cast<unsigned char>(s[i]) < 0xCC) ++i;
-  if (i == s.size()) return false;
-  out.clear();
-  out.reserve(s.size() + 16);
-  size_t copied = 0;  // s[0, copied) is already in out
-  while (i < s.size()) {
-    size_t begin = i;  // back to the preceding ASCII character (a possible composition base)
-    while (begin > copied && static_cast<unsigned char>(s[begin - 1]) >= 0x80) --begin;
-    if (begin > copied) --begin;
-    size_t end = i;
-    while (end < s.size() && static_cast<unsigned char>(s[end]) >= 0x80) ++end;
-    out.append(s.substr(copied, begin - copied));
-    out += nfc(s.substr(begin, end - begin));
-    copied = end;
-    i = end;
-    while (i < s.size() && static_cast<unsigned char>(s[i]) < 0xCC) ++i;
-  }
-  out.append(s.substr(copied));
-  return true;
 }
 
 }  // namespace
@@ -472,7 +429,7 @@ void parse_added_tokens(const json& j, Tokenizer::Impl& t, const std::string& wh
     t.id_kind[id] = tok.special ? 3 : 2;
     t.token_to_id[tok.content] = tok.id;
     if (tok.normalized && t.nfc) {
-      t.normalized_matcher.add(nfc(tok.content), i);
+      t.normalized_matcher.add(utf8::nfc(tok.content), i);
     } else if (tok.normalized) {
       t.normalized_matcher.add(tok.content, i);
     } else {
@@ -591,7 +548,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
       return;
     }
     std::string normalized;
-    if (t.nfc && nfc_spans(segment, normalized)) segment = normalized;
+    if (t.nfc && utf8::nfc_spans(segment, normalized)) segment = normalized;
     t.split_added(segment, t.normalized_matcher, parse_special, [&](int token2, std::string_view piece) {
       if (token2 >= 0) {
         ids.push_back(t.added[static_cast<size_t>(token2)].id);
@@ -648,12 +605,14 @@ bool Tokenizer::has_chat_template() const { return !impl_->chat_template.empty()
 const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
 
 std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages,
-                                           bool add_generation_prompt) const {
+                                           bool add_generation_prompt,
+                                           const std::map<std::string, bool>& flags) const {
   check(has_chat_template(), impl_->origin + ": tokenizer_config.json has no chat_template");
   ChatTemplateContext context;
   context.bos_token = impl_->bos_token;
   context.eos_token = impl_->eos_token;
   context.add_generation_prompt = add_generation_prompt;
+  context.flags = flags;
   return render_chat_template(impl_->chat_template, messages, context);
 }
 

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -65,8 +66,10 @@ class Tokenizer {
   bool has_chat_template() const;
   const std::string& chat_template() const;
   // Renders the conversation with tokenizer_config's chat_template (see chat_template.h).
+  // `flags` become boolean template variables, e.g. {{"enable_thinking", false}} for Qwen3.
   std::string apply_chat_template(const std::vector<ChatMessage>& messages,
-                                  bool add_generation_prompt) const;
+                                  bool add_generation_prompt,
+                                  const std::map<std::string, bool>& flags = {}) const;
 
   struct Impl;
 

@@ -2,6 +2,10 @@
 
 #include <utf8proc.h>
 
+#include <cstdlib>
+
+#include "core/error.h"
+
 namespace parscale::utf8 {
 
 int sequence_length(std::string_view s, size_t i) {
@@ -141,6 +145,47 @@ bool is_word_char(char32_t cp) {
     default:
       return false;
   }
+}
+
+// NFC of valid UTF-8 `s` (utf8proc, explicit length so NUL bytes are ordinary characters).
+std::string nfc(std::string_view s) {
+  utf8proc_uint8_t* out = nullptr;
+  const utf8proc_ssize_t n =
+      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
+                   static_cast<utf8proc_ssize_t>(s.size()), &out,
+                   static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  if (n < 0) throw Error(std::string("NFC normalization failed: ") + utf8proc_errmsg(n));
+  std::string result(reinterpret_cast<const char*>(out), static_cast<size_t>(n));
+  std::free(out);
+  return result;
+}
+
+// NFC of valid UTF-8 `s` into `out`; returns false (and leaves `out` alone) when `s` is already
+// NFC by a cheap sufficient test. Only spans that contain a code point >= U+0300 (lead bytes
+// >= 0xCC; below U+0300 there are no combining marks and no composing starters) are normalized,
+// each widened to the ASCII characters around it: an ASCII character has combining class 0 and
+// never composes with what precedes it, so NFC(a + b) = NFC(a) + NFC(b) at such a boundary.
+bool nfc_spans(std::string_view s, std::string& out) {
+  size_t i = 0;
+  while (i < s.size() && static_cast<unsigned char>(s[i]) < 0xCC) ++i;
+  if (i == s.size()) return false;
+  out.clear();
+  out.reserve(s.size() + 16);
+  size_t copied = 0;  // s[0, copied) is already in out
+  while (i < s.size()) {
+    size_t begin = i;  // back to the preceding ASCII character (a possible composition base)
+    while (begin > copied && static_cast<unsigned char>(s[begin - 1]) >= 0x80) --begin;
+    if (begin > copied) --begin;
+    size_t end = i;
+    while (end < s.size() && static_cast<unsigned char>(s[end]) >= 0x80) ++end;
+    out.append(s.substr(copied, begin - copied));
+    out += nfc(s.substr(begin, end - begin));
+    copied = end;
+    i = end;
+    while (i < s.size() && static_cast<unsigned char>(s[i]) < 0xCC) ++i;
+  }
+  out.append(s.substr(copied));
+  return true;
 }
 
 }  // namespace parscale::utf8

@@ -45,4 +45,10 @@ bool is_white_space(char32_t cp);
 // punctuation such as '_' (general categories L*, N*, M*, Pc).
 bool is_word_char(char32_t cp);
 
+// NFC (utf8proc) of valid UTF-8; NUL bytes are ordinary characters.
+std::string nfc(std::string_view s);
+// NFC of `s` into `out`, touching only spans that can change; returns false (out untouched) when
+// `s` is NFC by that cheap sufficient test.
+bool nfc_spans(std::string_view s, std::string& out);
+
 }  // namespace parscale::utf8

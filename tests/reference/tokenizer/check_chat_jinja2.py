@@ -13,6 +13,6 @@ for model in ['qwen3','qwen2.5']:
     fx=json.load(open(f'tests/fixtures/tokenizers/{model}/chat.json'))
     bad=0
     for c in fx['conversations']:
-        out=t.render(messages=c['messages'], add_generation_prompt=c['add_generation_prompt'], eos_token=cfg['eos_token'])
+        out=t.render(messages=c['messages'], add_generation_prompt=c['add_generation_prompt'], eos_token=cfg['eos_token'], **c.get('flags', {}))
         if out!=c['rendered']: bad+=1; print(model, repr(out)[:200], repr(c['rendered'])[:200])
     print(model, len(fx['conversations']), 'mismatches vs python jinja2:', bad)

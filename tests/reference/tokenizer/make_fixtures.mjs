@@ -326,6 +326,9 @@ for (const model of MODELS) {
       const rendered = tok.apply_chat_template(conv, { tokenize: false, add_generation_prompt });
       chats.conversations.push({ messages: conv, add_generation_prompt, rendered, ids: tok.encode(rendered, { add_special_tokens: false }) });
     }
+    // enable_thinking=false (Qwen3's template adds an empty think block to the generation prompt).
+    const rendered = tok.apply_chat_template(conv, { tokenize: false, add_generation_prompt: true, enable_thinking: false });
+    chats.conversations.push({ messages: conv, add_generation_prompt: true, flags: { enable_thinking: false }, rendered, ids: tok.encode(rendered, { add_special_tokens: false }) });
   }
   fs.writeFileSync(path.join(dir, 'chat.json'), JSON.stringify(chats, null, 1));
   console.log(`${model}: ${chats.conversations.length} chat renderings`);
