@@ -33,6 +33,7 @@ class TrainGolden : public ::testing::TestWithParam<std::string> {};
 // Max |a − g| / (atol + |g|_max) style check: absolute error relative to the tensor's scale.
 void expect_grads(const ParameterSet& p, train::Gradients& g, const json& golden, const std::string& what) {
   int checked = 0;
+  double worst_rel = 0;
   for (size_t i = 0; i < p.specs.size(); ++i) {
     const std::string& name = p.specs[i].name;
     if (!golden.contains(name)) {
@@ -46,10 +47,12 @@ void expect_grads(const ParameterSet& p, train::Gradients& g, const json& golden
       max_ref = std::max(max_ref, std::abs(ref[j]));
       max_err = std::max(max_err, std::abs(ref[j] - g.values[i][j]));
     }
+    worst_rel = std::max(worst_rel, max_err / std::max(max_ref, 1e-12));
     EXPECT_LE(max_err, 1e-5 + 2e-4 * max_ref) << what << ": " << name << " max abs err " << max_err << " (max |g| " << max_ref << ")";
     ++checked;
   }
   EXPECT_EQ(checked, static_cast<int>(golden.size())) << what;
+  std::printf("[ %s ] %d tensors, max |grad err| / max|grad| over tensors: %.3g\n", what.c_str(), checked, worst_rel);
 }
 
 TEST_P(TrainGolden, LossAndGradients) {

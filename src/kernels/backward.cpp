@@ -210,11 +210,13 @@ void attention_lse(const T* q, const T* k, int64_t rows, const int64_t* row_begi
 template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, int64_t rows,
                         const int64_t* row_begin, const int32_t* n_visible, int64_t n_heads, int64_t n_kv_heads,
-                        int64_t capacity, int64_t D, T scale, T* dq, T* dk, T* dv, T* scratch) {
+                        int64_t capacity, int64_t head_dim, T scale, T* dq, T* dk, T* dv, T* scratch) {
+  const int64_t D = head_dim;
   const int64_t group = n_heads / n_kv_heads;
   int64_t max_visible = 1;
   for (int64_t t = 0; t < row_begin[rows]; ++t) max_visible = std::max<int64_t>(max_visible, n_visible[t]);
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+  const int64_t work = row_begin[rows] * n_heads * max_visible * head_dim;
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) if (work > 32768)
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t kvh = 0; kvh < n_kv_heads; ++kvh) {
       T* p = scratch + static_cast<int64_t>(omp_get_thread_num()) * 2 * max_visible;
@@ -268,7 +270,7 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
 template <typename T>
 double cross_entropy_forward_backward(T* logits, const int32_t* target, int64_t M, int64_t V, T scale,
                                       double* row_loss) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * V > 32768)
   for (int64_t m = 0; m < M; ++m) {
     T* x = logits + m * V;
     if (target[m] < 0) {
@@ -296,7 +298,7 @@ double cross_entropy_forward_backward(T* logits, const int32_t* target, int64_t 
 
 template <typename T>
 double cross_entropy_loss(const T* logits, const int32_t* target, int64_t M, int64_t V, double* row_loss) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * V > 32768)
   for (int64_t m = 0; m < M; ++m) {
     const T* x = logits + m * V;
     if (target[m] < 0) {
