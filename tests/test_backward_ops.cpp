@@ -234,7 +234,7 @@ TEST(BackwardOps, AttentionWithPrefixAndGqa) {
     out_of(out);
     return dot(out, R);
   };
-  Vec out, lse(N * NH), dq(N * NH * D), dk(k.size(), 0.0), dv(v.size(), 0.0), scratch(64 * 2 * C);
+  Vec out, lse(N * NH), dq(N * NH * D), dk(k.size(), 0.0), dv(v.size(), 0.0), scratch(omp_get_max_threads() * kb::attention_backward_scratch(C, D));
   out_of(out);
   kb::attention_lse(q.data(), k.data(), rows, row_begin.data(), nvis.data(), NH, KVH, C, D, scale, lse.data());
   kb::attention_backward(q.data(), k.data(), v.data(), out.data(), lse.data(), R.data(), rows, row_begin.data(), nvis.data(), NH,
@@ -244,7 +244,7 @@ TEST(BackwardOps, AttentionWithPrefixAndGqa) {
   EXPECT_LT(fd_error(v, dv, forward), kFdTol);
   // Float: the forward kernel's output and lse feed the float backward.
   auto qf = to_f(q), kf = to_f(k), vf = to_f(v), Rf = to_f(R);
-  std::vector<float> of(N * NH * D), lf(N * NH), sc(64 * C), dqf(N * NH * D), dkf(k.size(), 0.f), dvf(v.size(), 0.f), sc2(64 * 2 * C);
+  std::vector<float> of(N * NH * D), lf(N * NH), sc(omp_get_max_threads() * C), dqf(N * NH * D), dkf(k.size(), 0.f), dvf(v.size(), 0.f), sc2(omp_get_max_threads() * kb::attention_backward_scratch(C, D));
   kb::KVLayer kv{kf.data(), vf.data(), KVH, C, D};
   kb::attention(qf.data(), N, NH, row.data(), nvis.data(), kv, static_cast<float>(scale), of.data(), sc.data(), lf.data());
   EXPECT_LT(max_diff(of, out), kF32Tol);

@@ -57,6 +57,16 @@ inline void tile_accumulate(const T* coef, int64_t cj, int64_t cr, const T* vec,
   }
 }
 
+// dst[r, 0..K) (+)= Σ_{j<J} coef[j*cj + r*cr] · vec[j*lv + 0..K) for r < R (serial; tiles of kRows × kTile).
+template <typename T>
+void gemm_accumulate(const T* coef, int64_t cj, int64_t cr, const T* vec, int64_t lv, int64_t J, int64_t R, int64_t K, T* dst,
+                     int64_t ld, bool accumulate) {
+  for (int64_t r0 = 0; r0 < R; r0 += kRows)
+    for (int64_t k0 = 0; k0 < K; k0 += kTile)
+      tile_accumulate(coef + r0 * cr, cj, cr, vec + k0, lv, J, std::min(kRows, R - r0), std::min(kTile, K - k0),
+                      dst + r0 * ld + k0, ld, accumulate);
+}
+
 template <typename T>
 inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
@@ -211,56 +221,60 @@ template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, int64_t rows,
                         const int64_t* row_begin, const int32_t* n_visible, int64_t n_heads, int64_t n_kv_heads,
                         int64_t capacity, int64_t head_dim, T scale, T* dq, T* dk, T* dv, T* scratch) {
-  const int64_t D = head_dim;
-  const int64_t group = n_heads / n_kv_heads;
-  int64_t max_visible = 1;
-  for (int64_t t = 0; t < row_begin[rows]; ++t) max_visible = std::max<int64_t>(max_visible, n_visible[t]);
-  const int64_t work = row_begin[rows] * n_heads * max_visible * head_dim;
+  const int64_t D = head_dim, C = capacity, QC = kAttentionBackwardChunk;
+  const int64_t group = n_heads / n_kv_heads, ldq = n_heads * D;
+  int64_t max_tokens = 1;
+  for (int64_t r = 0; r < rows; ++r) max_tokens = std::max(max_tokens, row_begin[r + 1] - row_begin[r]);
+  const int64_t work = row_begin[rows] * n_heads * C * D;
 #pragma omp parallel for schedule(dynamic, 1) collapse(2) if (work > 32768)
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t kvh = 0; kvh < n_kv_heads; ++kvh) {
-      T* p = scratch + static_cast<int64_t>(omp_get_thread_num()) * 2 * max_visible;
-      T* dp = p + max_visible;
-      const int64_t base = ((r * n_kv_heads + kvh) * capacity) * D;
+      // Per-thread scratch: K^T, V^T [D, C]; P and dS [QC, C].
+      T* kt = scratch + static_cast<int64_t>(omp_get_thread_num()) * attention_backward_scratch(C, D);
+      T* vt = kt + D * C;
+      T* pbuf = vt + D * C;
+      T* dsbuf = pbuf + QC * C;
+      const int64_t base = ((r * n_kv_heads + kvh) * C) * D;
       const T* kb = k + base;
       const T* vb = v + base;
       T* dkb = dk + base;
       T* dvb = dv + base;
+      const int64_t t_begin = row_begin[r], t_end = row_begin[r + 1];
+      int64_t row_visible = 0;
+      for (int64_t t = t_begin; t < t_end; ++t) row_visible = std::max<int64_t>(row_visible, n_visible[t]);
+      for (int64_t j = 0; j < row_visible; ++j)
+        for (int64_t d = 0; d < D; ++d) {
+          kt[d * C + j] = kb[j * D + d];
+          vt[d * C + j] = vb[j * D + d];
+        }
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-        for (int64_t t = row_begin[r]; t < row_begin[r + 1]; ++t) {
-          const int64_t n = n_visible[t];
-          const T* qh = q + (t * n_heads + h) * D;
-          const T* oh = out + (t * n_heads + h) * D;
-          const T* doh = dout + (t * n_heads + h) * D;
-          T* dqh = dq + (t * n_heads + h) * D;
-          const T l = lse[t * n_heads + h];
-          T delta = T(0);  // Σ_j p_j·(dout·v_j) = dout·out
-          for (int64_t d = 0; d < D; ++d) delta += doh[d] * oh[d];
-          for (int64_t j = 0; j < n; ++j) {
-            const T* kj = kb + j * D;
-            const T* vj = vb + j * D;
-            T s = T(0), g = T(0);
-#pragma omp simd reduction(+ : s, g)
-            for (int64_t d = 0; d < D; ++d) {
-              s += qh[d] * kj[d];
-              g += doh[d] * vj[d];
+        for (int64_t t0 = t_begin; t0 < t_end; t0 += QC) {
+          const int64_t nq = std::min(QC, t_end - t0);
+          int64_t nv = 0;  // columns any query of the chunk sees
+          for (int64_t i = 0; i < nq; ++i) nv = std::max<int64_t>(nv, n_visible[t0 + i]);
+          const T* qc = q + (t0 * n_heads + h) * D;
+          const T* doc = dout + (t0 * n_heads + h) * D;
+          // S = Q·K^T and dP = dO·V^T for the chunk: [nq, nv].
+          gemm_accumulate(qc, 1, ldq, kt, C, D, nq, nv, pbuf, C, false);
+          gemm_accumulate(doc, 1, ldq, vt, C, D, nq, nv, dsbuf, C, false);
+          for (int64_t i = 0; i < nq; ++i) {
+            const int64_t t = t0 + i, n = n_visible[t];
+            const T l = lse[t * n_heads + h];
+            T delta = T(0);  // Σ_j p_j·dP_j = dO·O
+            for (int64_t d = 0; d < D; ++d) delta += dout[(t * n_heads + h) * D + d] * out[(t * n_heads + h) * D + d];
+            T* pr = pbuf + i * C;
+            T* dsr = dsbuf + i * C;
+            for (int64_t j = 0; j < n; ++j) {
+              const T pj = std::exp(pr[j] * scale - l);
+              pr[j] = pj;
+              dsr[j] = pj * (dsr[j] - delta) * scale;
             }
-            p[j] = std::exp(s * scale - l);
-            dp[j] = p[j] * (g - delta) * scale;  // dScore·scale
+            for (int64_t j = n; j < nv; ++j) pr[j] = dsr[j] = T(0);
           }
-          for (int64_t d = 0; d < D; ++d) dqh[d] = T(0);
-          for (int64_t j = 0; j < n; ++j) {
-            const T* kj = kb + j * D;
-            T* dkj = dkb + j * D;
-            T* dvj = dvb + j * D;
-            const T a = dp[j], pj = p[j];
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) {
-              dqh[d] += a * kj[d];
-              dkj[d] += a * qh[d];
-              dvj[d] += pj * doh[d];
-            }
-          }
+          // dQ = dS·K [nq, D]; dK += dS^T·Q; dV += P^T·dO  ([nv, D]).
+          gemm_accumulate(dsbuf, 1, C, kb, D, nv, nq, D, dq + (t0 * n_heads + h) * D, ldq, false);
+          gemm_accumulate(dsbuf, C, 1, qc, ldq, nq, nv, D, dkb, D, true);
+          gemm_accumulate(pbuf, C, 1, doc, ldq, nq, nv, D, dvb, D, true);
         }
       }
     }

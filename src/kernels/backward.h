@@ -45,8 +45,14 @@ void rope_backward(T* d, int64_t N, int64_t n_heads, int64_t head_dim, const flo
 // tokens of row r are t = row_begin[r] .. row_begin[r+1]-1, and token t sees slots
 // [0, n_visible[t]). q, out, dout, dq: [N, n_heads, D]; lse [N, n_heads] from the forward.
 // dq is overwritten; dK/dV (cache layout) are accumulated (only visible slots touched).
-// One task per (row, kv head): it owns dq of its tokens' heads and dK/dV of its row and head.
-// scratch: num_threads * 2 * max(n_visible) elements.
+// One task per (row, kv head): it owns dq of its tokens' heads and dK/dV of its row and head, and
+// works on chunks of kAttentionBackwardChunk queries with small matrix products (S = QK^T,
+// dP = dO·V^T, dQ = dS·K, dK += dS^T·Q, dV += P^T·dO).
+// scratch: num_threads × attention_backward_scratch(capacity, head_dim) elements.
+constexpr int64_t kAttentionBackwardChunk = 32;
+inline int64_t attention_backward_scratch(int64_t capacity, int64_t head_dim) {
+  return 2 * capacity * head_dim + 2 * kAttentionBackwardChunk * capacity;
+}
 template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout,
                         int64_t rows, const int64_t* row_begin, const int32_t* n_visible, int64_t n_heads,

@@ -49,6 +49,15 @@ int64_t index_of(const ParameterSet& p, const std::string& name) {
 // Rows of logits computed at once in the lm_head (bounds the [rows, V] buffer).
 constexpr int64_t kHeadChunk = 128;
 
+// kernels::matmul over row chunks that stay in cache: the forward kernel computes every y[m, n]
+// independently of the other rows (parallel over W rows), so chunking gives bitwise the same
+// result while the x rows of a chunk are reused from cache across all W rows.
+void matmul_rows(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  const int64_t chunk = std::clamp<int64_t>(32768 / std::max<int64_t>(W.cols, 1), 8, 256);
+  for (int64_t m0 = 0; m0 < M; m0 += chunk)
+    kb::matmul(x + m0 * W.cols, std::min(chunk, M - m0), W, bias, y + m0 * W.rows);
+}
+
 }  // namespace
 
 TrainModel::TrainModel(const ParameterSet& params) : params_(params), c_(params.config), w_(weights_from_parameters(params)) {
@@ -120,7 +129,7 @@ void TrainModel::setup(int64_t B, int64_t L) {
   for (auto* b : {&kbuf_, &vbuf_, &dkbuf_, &dvbuf_}) grow(*b, cache);
   for (auto* b : {&gate_, &up_, &act_, &dact_}) grow(*b, N_ * I_);
   grow(lse_, N_ * NH_);
-  grow(scratch_, static_cast<int64_t>(num_threads()) * 2 * C_);
+  grow(scratch_, static_cast<int64_t>(num_threads()) * std::max<int64_t>(2 * C_, kb::attention_backward_scratch(C_, D_)));
   grow(rstd_, N_);
 }
 
@@ -130,9 +139,9 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
   const int64_t N = N_;
   // Same kernel sequence as qwen2_layer_forward.
   kb::rmsnorm(x, L.input_norm, xn1_.data(), N, H_, eps);
-  kb::matmul(xn1_.data(), N, L.q_proj, L.q_bias, q_.data());
-  kb::matmul(xn1_.data(), N, L.k_proj, L.k_bias, k_.data());
-  kb::matmul(xn1_.data(), N, L.v_proj, L.v_bias, v_.data());
+  matmul_rows(xn1_.data(), N, L.q_proj, L.q_bias, q_.data());
+  matmul_rows(xn1_.data(), N, L.k_proj, L.k_bias, k_.data());
+  matmul_rows(xn1_.data(), N, L.v_proj, L.v_bias, v_.data());
   if (cap_k_) {
     // capture_kv: stream 0 only (rows of stream 0 are tokens 0..L-1 when B = 1).
     auto& ck = (*cap_k_)[static_cast<size_t>(l)];
@@ -165,13 +174,13 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
     }
   }
   kb::attention(q_.data(), N, NH_, row_.data(), n_visible_.data(), kv, scale_, attn_.data(), scratch_.data(), lse_.data());
-  kb::matmul(attn_.data(), N, L.o_proj, nullptr, tmp_.data());
+  matmul_rows(attn_.data(), N, L.o_proj, nullptr, tmp_.data());
   for (int64_t i = 0; i < N * H_; ++i) hmid_[static_cast<size_t>(i)] = x[i] + tmp_[static_cast<size_t>(i)];
   kb::rmsnorm(hmid_.data(), L.post_norm, xn2_.data(), N, H_, eps);
-  kb::matmul(xn2_.data(), N, L.gate_proj, nullptr, gate_.data());
-  kb::matmul(xn2_.data(), N, L.up_proj, nullptr, up_.data());
+  matmul_rows(xn2_.data(), N, L.gate_proj, nullptr, gate_.data());
+  matmul_rows(xn2_.data(), N, L.up_proj, nullptr, up_.data());
   kb::swiglu(gate_.data(), up_.data(), act_.data(), N * I_);
-  kb::matmul(act_.data(), N, L.down_proj, nullptr, tmp_.data());
+  matmul_rows(act_.data(), N, L.down_proj, nullptr, tmp_.data());
   for (int64_t i = 0; i < N * H_; ++i) out[i] = hmid_[static_cast<size_t>(i)] + tmp_[static_cast<size_t>(i)];
 }
 
@@ -265,9 +274,9 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
   for (int64_t m = 0; m < M; ++m)
     for (int64_t s = 0; s < P; ++s)
       for (int64_t k = 0; k < H; ++k) concat[static_cast<size_t>(m * P * H + k * P + s)] = hn_[static_cast<size_t>((s * M + m) * H + k)];
-  kb::matmul(concat.data(), M, w_.aggregate0, w_.aggregate0_bias, z.data());
+  matmul_rows(concat.data(), M, w_.aggregate0, w_.aggregate0_bias, z.data());
   for (size_t i = 0; i < z.size(); ++i) a[i] = z[i] / (1.0f + std::exp(-z[i]));
-  kb::matmul(a.data(), M, w_.aggregate2, w_.aggregate2_bias, p.data());
+  matmul_rows(a.data(), M, w_.aggregate2, w_.aggregate2_bias, p.data());
   kb::softmax_rows(p.data(), M, P);
   const float eps = static_cast<float>(c_.parscale_attn_smooth);
   for (size_t i = 0; i < p.size(); ++i) w[i] = eps != 0.0f ? p[i] * (1.0f - eps) + eps / static_cast<float>(P) : p[i];
@@ -316,7 +325,7 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
   double loss = 0.0;
   for (int64_t r0 = 0; r0 < MT; r0 += kHeadChunk) {
     const int64_t rc = std::min(kHeadChunk, MT - r0);
-    kb::matmul(A.data() + r0 * H_, rc, w_.lm_head, nullptr, logits.data());
+    matmul_rows(A.data() + r0 * H_, rc, w_.lm_head, nullptr, logits.data());
     if (!grads) {
       loss += kb::cross_entropy_loss(logits.data(), targets_.data() + r0, rc, V_, row_loss_.data());
       continue;
@@ -358,7 +367,7 @@ void TrainModel::forward_logits(const int32_t* ids, int64_t B, int64_t L, std::v
   setup(B, L);
   run_forward(ids);
   logits.resize(static_cast<size_t>(M_ * V_));
-  kb::matmul(agg_.data(), M_, w_.lm_head, nullptr, logits.data());
+  matmul_rows(agg_.data(), M_, w_.lm_head, nullptr, logits.data());
 }
 
 void TrainModel::capture_kv(const int32_t* ids, int64_t L, std::vector<std::vector<float>>& k,
