@@ -1,0 +1,392 @@
+#include "train/train_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "kernels/backward.h"
+#include "kernels/kernels.h"
+#include "model/qwen2.h"
+#include "parscale/parscale.h"
+
+namespace parscale::train {
+
+namespace kb = parscale::kernels;
+
+std::vector<bool> trainable_mask(const std::vector<TensorSpec>& specs, TrainMode mode) {
+  std::vector<bool> m(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) m[i] = mode == TrainMode::All || specs[i].group == ParamGroup::ParScale;
+  return m;
+}
+
+Gradients Gradients::for_mask(const std::vector<TensorSpec>& specs, const std::vector<bool>& mask) {
+  Gradients g;
+  g.values.resize(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (mask[i]) g.values[i].assign(static_cast<size_t>(specs[i].numel()), 0.0f);
+  return g;
+}
+
+void Gradients::zero() {
+  for (auto& v : values) std::fill(v.begin(), v.end(), 0.0f);
+}
+
+namespace {
+
+template <typename T>
+void grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
+int64_t index_of(const ParameterSet& p, const std::string& name) {
+  for (size_t i = 0; i < p.specs.size(); ++i)
+    if (p.specs[i].name == name) return static_cast<int64_t>(i);
+  return -1;
+}
+
+// Rows of logits computed at once in the lm_head (bounds the [rows, V] buffer).
+constexpr int64_t kHeadChunk = 128;
+
+// kernels::matmul over row chunks that stay in cache: the forward kernel computes every y[m, n]
+// independently of the other rows (parallel over W rows), so chunking gives bitwise the same
+// result while the x rows of a chunk are reused from cache across all W rows.
+void matmul_rows(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  const int64_t chunk = std::clamp<int64_t>(32768 / std::max<int64_t>(W.cols, 1), 8, 256);
+  for (int64_t m0 = 0; m0 < M; m0 += chunk)
+    kb::matmul(x + m0 * W.cols, std::min(chunk, M - m0), W, bias, y + m0 * W.rows);
+}
+
+}  // namespace
+
+TrainModel::TrainModel(const ParameterSet& params) : params_(params), c_(params.config), w_(weights_from_parameters(params)) {
+  P_ = c_.streams();
+  T_ = c_.prefix_tokens();
+  H_ = c_.hidden_size;
+  QD_ = c_.q_dim();
+  KD_ = c_.kv_dim();
+  D_ = c_.head_dim;
+  I_ = c_.intermediate_size;
+  V_ = c_.vocab_size;
+  NH_ = c_.num_attention_heads;
+  KVH_ = c_.num_key_value_heads;
+  NL_ = c_.num_hidden_layers;
+  embed_idx_ = index_of(params, "model.embed_tokens.weight");
+  final_norm_idx_ = index_of(params, "model.norm.weight");
+  lm_idx_ = c_.tie_word_embeddings ? embed_idx_ : index_of(params, "lm_head.weight");
+  agg0_w_ = index_of(params, "model.aggregate_layer.0.weight");
+  agg0_b_ = index_of(params, "model.aggregate_layer.0.bias");
+  agg2_w_ = index_of(params, "model.aggregate_layer.2.weight");
+  agg2_b_ = index_of(params, "model.aggregate_layer.2.bias");
+  for (int64_t l = 0; l < NL_; ++l) {
+    auto n = [&](const char* s) { return index_of(params, layer_tensor_name(l, s)); };
+    layer_idx_.push_back({n("input_layernorm.weight"), n("self_attn.q_proj.weight"), n("self_attn.q_proj.bias"),
+                          n("self_attn.k_proj.weight"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.weight"),
+                          n("self_attn.v_proj.bias"), n("self_attn.o_proj.weight"), n("self_attn.prefix_k"),
+                          n("self_attn.prefix_v"), n("post_attention_layernorm.weight"), n("mlp.gate_proj.weight"),
+                          n("mlp.up_proj.weight"), n("mlp.down_proj.weight")});
+  }
+  inv_freq_.resize(static_cast<size_t>(D_ / 2));
+  kb::rope_inv_freq(c_.rope_theta, D_, inv_freq_.data());
+  scale_ = 1.0f / std::sqrt(static_cast<float>(D_));
+}
+
+void TrainModel::setup(int64_t B, int64_t L) {
+  check(B > 0 && L > 0, "train: batch and sequence length must be > 0");
+  if (L > c_.max_position_embeddings)
+    throw Error("train: sequence length " + std::to_string(L) + " exceeds max_position_embeddings = " +
+                std::to_string(c_.max_position_embeddings));
+  B_ = B;
+  L_ = L;
+  M_ = B * L;
+  N_ = P_ * M_;
+  R_ = P_ * B;
+  C_ = T_ + L;
+  row_.resize(static_cast<size_t>(N_));
+  pos_.resize(static_cast<size_t>(N_));
+  n_visible_.resize(static_cast<size_t>(N_));
+  for (int64_t i = 0; i < N_; ++i) {
+    row_[static_cast<size_t>(i)] = static_cast<int32_t>(i / L);
+    pos_[static_cast<size_t>(i)] = static_cast<int32_t>(i % L);
+    n_visible_[static_cast<size_t>(i)] = static_cast<int32_t>(T_ + i % L + 1);
+  }
+  row_begin_.resize(static_cast<size_t>(R_ + 1));
+  for (int64_t r = 0; r <= R_; ++r) row_begin_[static_cast<size_t>(r)] = r * L;
+  // Positions repeat every L tokens: the tables of one row serve all (rows share positions 0..L-1).
+  cos_t_.resize(static_cast<size_t>(N_ * D_ / 2));
+  sin_t_.resize(static_cast<size_t>(N_ * D_ / 2));
+  kb::rope_tables(pos_.data(), N_, inv_freq_.data(), D_, cos_t_.data(), sin_t_.data());
+
+  xs_.resize(static_cast<size_t>(NL_ + 1));
+  for (auto& x : xs_) grow(x, N_ * H_);
+  grow(hn_, N_ * H_);
+  grow(agg_, M_ * H_);
+  const int64_t cache = R_ * KVH_ * C_ * D_;
+  for (auto* b : {&xn1_, &hmid_, &xn2_, &tmp_, &dxn_}) grow(*b, N_ * H_);
+  for (auto* b : {&q_, &attn_, &dattn_, &dq_}) grow(*b, N_ * QD_);
+  for (auto* b : {&k_, &v_, &dk_, &dv_}) grow(*b, N_ * KD_);
+  for (auto* b : {&kbuf_, &vbuf_, &dkbuf_, &dvbuf_}) grow(*b, cache);
+  for (auto* b : {&gate_, &up_, &act_, &dact_}) grow(*b, N_ * I_);
+  grow(lse_, N_ * NH_);
+  grow(scratch_, static_cast<int64_t>(num_threads()) * std::max<int64_t>(2 * C_, kb::attention_backward_scratch(C_, D_)));
+  grow(rstd_, N_);
+}
+
+void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
+  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+  const float eps = static_cast<float>(c_.rms_norm_eps);
+  const int64_t N = N_;
+  // Same kernel sequence as qwen2_layer_forward.
+  kb::rmsnorm(x, L.input_norm, xn1_.data(), N, H_, eps);
+  matmul_rows(xn1_.data(), N, L.q_proj, L.q_bias, q_.data());
+  matmul_rows(xn1_.data(), N, L.k_proj, L.k_bias, k_.data());
+  matmul_rows(xn1_.data(), N, L.v_proj, L.v_bias, v_.data());
+  if (cap_k_) {
+    // capture_kv: stream 0 only (rows of stream 0 are tokens 0..L-1 when B = 1).
+    auto& ck = (*cap_k_)[static_cast<size_t>(l)];
+    auto& cv = (*cap_v_)[static_cast<size_t>(l)];
+    ck.assign(static_cast<size_t>(KVH_ * L_ * D_), 0.0f);
+    cv.assign(ck.size(), 0.0f);
+    for (int64_t t = 0; t < L_; ++t)
+      for (int64_t h = 0; h < KVH_; ++h)
+        for (int64_t d = 0; d < D_; ++d) {
+          ck[static_cast<size_t>((h * L_ + t) * D_ + d)] = k_[static_cast<size_t>(t * KD_ + h * D_ + d)];
+          cv[static_cast<size_t>((h * L_ + t) * D_ + d)] = v_[static_cast<size_t>(t * KD_ + h * D_ + d)];
+        }
+  }
+  kb::rope_apply(q_.data(), N, NH_, D_, cos_t_.data(), sin_t_.data());
+  kb::rope_apply(k_.data(), N, KVH_, D_, cos_t_.data(), sin_t_.data());
+  kb::KVLayer kv{kbuf_.data(), vbuf_.data(), KVH_, C_, D_};
+  for (int64_t r = 0; r < R_; ++r) {
+    const int64_t s = r / B_;
+    for (int64_t h = 0; h < KVH_; ++h) {
+      if (T_ > 0) {
+        const int64_t off = ((s * KVH_ + h) * T_) * D_;
+        std::copy_n(L.prefix_k + off, T_ * D_, kv.k_at(r, h, 0));
+        std::copy_n(L.prefix_v + off, T_ * D_, kv.v_at(r, h, 0));
+      }
+      for (int64_t t = 0; t < L_; ++t) {
+        const int64_t i = r * L_ + t;
+        std::copy_n(k_.data() + i * KD_ + h * D_, D_, kv.k_at(r, h, T_ + t));
+        std::copy_n(v_.data() + i * KD_ + h * D_, D_, kv.v_at(r, h, T_ + t));
+      }
+    }
+  }
+  kb::attention(q_.data(), N, NH_, row_.data(), n_visible_.data(), kv, scale_, attn_.data(), scratch_.data(), lse_.data());
+  matmul_rows(attn_.data(), N, L.o_proj, nullptr, tmp_.data());
+  for (int64_t i = 0; i < N * H_; ++i) hmid_[static_cast<size_t>(i)] = x[i] + tmp_[static_cast<size_t>(i)];
+  kb::rmsnorm(hmid_.data(), L.post_norm, xn2_.data(), N, H_, eps);
+  matmul_rows(xn2_.data(), N, L.gate_proj, nullptr, gate_.data());
+  matmul_rows(xn2_.data(), N, L.up_proj, nullptr, up_.data());
+  kb::swiglu(gate_.data(), up_.data(), act_.data(), N * I_);
+  matmul_rows(act_.data(), N, L.down_proj, nullptr, tmp_.data());
+  for (int64_t i = 0; i < N * H_; ++i) out[i] = hmid_[static_cast<size_t>(i)] + tmp_[static_cast<size_t>(i)];
+}
+
+void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients& g, bool need_dx) {
+  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+  const LayerIndex& ix = layer_idx_[static_cast<size_t>(l)];
+  const float eps = static_cast<float>(c_.rms_norm_eps);
+  const int64_t N = N_;
+  layer_forward(l, x, tmp_.data());  // recompute activations (output unused)
+
+  // MLP: out = hmid + down(act), act = silu(gate)·up, gate/up = W·xn2, xn2 = rmsnorm(hmid).
+  kb::matmul_backward_input(dx, N, L.down_proj.f32(), H_, I_, dact_.data(), false);
+  if (float* gd = g.get(ix.down)) kb::matmul_backward_weight(dx, act_.data(), N, H_, I_, gd, static_cast<float*>(nullptr));
+  kb::swiglu_backward(gate_.data(), up_.data(), dact_.data(), gate_.data(), up_.data(), N * I_);  // gate_/up_ := dgate/dup
+  kb::matmul_backward_input(gate_.data(), N, L.gate_proj.f32(), I_, H_, dxn_.data(), false);
+  kb::matmul_backward_input(up_.data(), N, L.up_proj.f32(), I_, H_, dxn_.data(), true);
+  if (float* gg = g.get(ix.gate)) kb::matmul_backward_weight(gate_.data(), xn2_.data(), N, I_, H_, gg, static_cast<float*>(nullptr));
+  if (float* gu = g.get(ix.up)) kb::matmul_backward_weight(up_.data(), xn2_.data(), N, I_, H_, gu, static_cast<float*>(nullptr));
+  kb::rmsnorm_backward(hmid_.data(), L.post_norm, dxn_.data(), dx, g.get(ix.post_norm), N, H_, eps, true, rstd_.data());
+  // dx is now ∂/∂hmid.
+
+  // Attention: hmid = x + o_proj(attn).
+  kb::matmul_backward_input(dx, N, L.o_proj.f32(), H_, QD_, dattn_.data(), false);
+  if (float* go = g.get(ix.o_w)) kb::matmul_backward_weight(dx, attn_.data(), N, H_, QD_, go, static_cast<float*>(nullptr));
+  const int64_t cache = R_ * KVH_ * C_ * D_;
+  std::fill_n(dkbuf_.data(), cache, 0.0f);
+  std::fill_n(dvbuf_.data(), cache, 0.0f);
+  kb::attention_backward(q_.data(), kbuf_.data(), vbuf_.data(), attn_.data(), lse_.data(), dattn_.data(), R_,
+                         row_begin_.data(), n_visible_.data(), NH_, KVH_, C_, D_, scale_, dq_.data(), dkbuf_.data(),
+                         dvbuf_.data(), scratch_.data());
+  // Prefix gradients: Σ over the B rows of each stream, in row order.
+  float* gpk = g.get(ix.prefix_k);
+  float* gpv = g.get(ix.prefix_v);
+  if (T_ > 0 && (gpk || gpv)) {
+    for (int64_t s = 0; s < P_; ++s)
+      for (int64_t b = 0; b < B_; ++b) {
+        const int64_t r = s * B_ + b;
+        for (int64_t h = 0; h < KVH_; ++h) {
+          const float* sk = dkbuf_.data() + ((r * KVH_ + h) * C_) * D_;
+          const float* sv = dvbuf_.data() + ((r * KVH_ + h) * C_) * D_;
+          const int64_t off = ((s * KVH_ + h) * T_) * D_;
+          for (int64_t e = 0; e < T_ * D_; ++e) {
+            if (gpk) gpk[off + e] += sk[e];
+            if (gpv) gpv[off + e] += sv[e];
+          }
+        }
+      }
+  }
+  const bool need_qkv_grad = need_dx || g.get(ix.q_w) || g.get(ix.k_w) || g.get(ix.v_w) || g.get(ix.q_b) ||
+                             g.get(ix.k_b) || g.get(ix.v_b) || g.get(ix.input_norm);
+  if (!need_qkv_grad) return;
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t r = i / L_, t = i % L_;
+    for (int64_t h = 0; h < KVH_; ++h) {
+      std::copy_n(dkbuf_.data() + ((r * KVH_ + h) * C_ + T_ + t) * D_, D_, dk_.data() + i * KD_ + h * D_);
+      std::copy_n(dvbuf_.data() + ((r * KVH_ + h) * C_ + T_ + t) * D_, D_, dv_.data() + i * KD_ + h * D_);
+    }
+  }
+  kb::rope_backward(dq_.data(), N, NH_, D_, cos_t_.data(), sin_t_.data());
+  kb::rope_backward(dk_.data(), N, KVH_, D_, cos_t_.data(), sin_t_.data());
+  if (float* gw = g.get(ix.q_w)) kb::matmul_backward_weight(dq_.data(), xn1_.data(), N, QD_, H_, gw, g.get(ix.q_b));
+  if (float* gw = g.get(ix.k_w)) kb::matmul_backward_weight(dk_.data(), xn1_.data(), N, KD_, H_, gw, g.get(ix.k_b));
+  if (float* gw = g.get(ix.v_w)) kb::matmul_backward_weight(dv_.data(), xn1_.data(), N, KD_, H_, gw, g.get(ix.v_b));
+  if (need_dx || g.get(ix.input_norm)) {
+    kb::matmul_backward_input(dq_.data(), N, L.q_proj.f32(), QD_, H_, dxn_.data(), false);
+    kb::matmul_backward_input(dk_.data(), N, L.k_proj.f32(), KD_, H_, dxn_.data(), true);
+    kb::matmul_backward_input(dv_.data(), N, L.v_proj.f32(), KD_, H_, dxn_.data(), true);
+    kb::rmsnorm_backward(x, L.input_norm, dxn_.data(), dx, g.get(ix.input_norm), N, H_, eps, true, rstd_.data());
+  }
+}
+
+void TrainModel::run_forward(const int32_t* ids) {
+  float* x0 = xs_[0].data();
+  embed_tokens(w_, ids, M_, x0);
+  for (int64_t s = 1; s < P_; ++s) std::copy_n(x0, M_ * H_, x0 + s * M_ * H_);
+  for (int64_t l = 0; l < NL_; ++l) layer_forward(l, xs_[static_cast<size_t>(l)].data(), xs_[static_cast<size_t>(l + 1)].data());
+  kb::rmsnorm(xs_[static_cast<size_t>(NL_)].data(), w_.final_norm, hn_.data(), N_, H_, static_cast<float>(c_.rms_norm_eps));
+  AggregateWorkspace aws;
+  aggregate_streams(w_, hn_.data(), M_, agg_.data(), aws);
+}
+
+void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g) {
+  const int64_t M = M_, P = P_, H = H_;
+  if (P == 1) {
+    std::copy_n(dagg, M * H, dhn);
+    return;
+  }
+  // Recompute the aggregation's intermediates with the forward's kernels.
+  std::vector<float> concat(static_cast<size_t>(M * P * H)), z(static_cast<size_t>(M * H)), a(static_cast<size_t>(M * H));
+  std::vector<float> p(static_cast<size_t>(M * P)), w(static_cast<size_t>(M * P)), dw(static_cast<size_t>(M * P));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t s = 0; s < P; ++s)
+      for (int64_t k = 0; k < H; ++k) concat[static_cast<size_t>(m * P * H + k * P + s)] = hn_[static_cast<size_t>((s * M + m) * H + k)];
+  matmul_rows(concat.data(), M, w_.aggregate0, w_.aggregate0_bias, z.data());
+  for (size_t i = 0; i < z.size(); ++i) a[i] = z[i] / (1.0f + std::exp(-z[i]));
+  matmul_rows(a.data(), M, w_.aggregate2, w_.aggregate2_bias, p.data());
+  kb::softmax_rows(p.data(), M, P);
+  const float eps = static_cast<float>(c_.parscale_attn_smooth);
+  for (size_t i = 0; i < p.size(); ++i) w[i] = eps != 0.0f ? p[i] * (1.0f - eps) + eps / static_cast<float>(P) : p[i];
+  // out[m] = Σ_s w[m,s]·hn[s][m]
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t s = 0; s < P; ++s) {
+      const float* h = hn_.data() + (s * M + m) * H;
+      const float* d = dagg + m * H;
+      float* dh = dhn + (s * M + m) * H;
+      const float ws = w[static_cast<size_t>(m * P + s)];
+      float acc = 0.0f;
+      for (int64_t k = 0; k < H; ++k) {
+        acc += d[k] * h[k];
+        dh[k] = ws * d[k];
+      }
+      dw[static_cast<size_t>(m * P + s)] = acc;
+    }
+  std::vector<float> dlog(static_cast<size_t>(M * P)), da(static_cast<size_t>(M * H)), dconcat(static_cast<size_t>(M * P * H));
+  kb::smoothed_softmax_backward(p.data(), dw.data(), dlog.data(), M, P, eps);
+  if (float* g2 = g.get(agg2_w_)) kb::matmul_backward_weight(dlog.data(), a.data(), M, P, H, g2, g.get(agg2_b_));
+  kb::matmul_backward_input(dlog.data(), M, w_.aggregate2.f32(), P, H, da.data(), false);
+  kb::silu_backward(z.data(), da.data(), da.data(), M * H);
+  if (float* g0 = g.get(agg0_w_)) kb::matmul_backward_weight(da.data(), concat.data(), M, H, P * H, g0, g.get(agg0_b_));
+  kb::matmul_backward_input(da.data(), M, w_.aggregate0.f32(), H, P * H, dconcat.data(), false);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t s = 0; s < P; ++s)
+      for (int64_t k = 0; k < H; ++k) dhn[(s * M + m) * H + k] += dconcat[static_cast<size_t>(m * P * H + k * P + s)];
+}
+
+double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, float loss_scale, Gradients* grads) {
+  setup(B, L);
+  run_forward(ids);
+  // Rows with a target: (b, t < L−1), gathered contiguously.
+  const int64_t MT = B * (L - 1);
+  std::vector<float> A(static_cast<size_t>(std::max<int64_t>(MT, 1) * H_)), dA;
+  targets_.resize(static_cast<size_t>(std::max<int64_t>(MT, 1)));
+  for (int64_t b = 0, j = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < L; ++t, ++j) {
+      std::copy_n(agg_.data() + (b * L + t) * H_, H_, A.data() + j * H_);
+      targets_[static_cast<size_t>(j)] = ids[b * L + t + 1];
+    }
+  float* glm = grads ? grads->get(lm_idx_) : nullptr;
+  if (grads) dA.assign(A.size(), 0.0f);
+  std::vector<float> logits(static_cast<size_t>(kHeadChunk * V_));
+  grow(row_loss_, kHeadChunk);
+  double loss = 0.0;
+  for (int64_t r0 = 0; r0 < MT; r0 += kHeadChunk) {
+    const int64_t rc = std::min(kHeadChunk, MT - r0);
+    matmul_rows(A.data() + r0 * H_, rc, w_.lm_head, nullptr, logits.data());
+    if (!grads) {
+      loss += kb::cross_entropy_loss(logits.data(), targets_.data() + r0, rc, V_, row_loss_.data());
+      continue;
+    }
+    loss += kb::cross_entropy_forward_backward(logits.data(), targets_.data() + r0, rc, V_, loss_scale, row_loss_.data());
+    kb::matmul_backward_input(logits.data(), rc, w_.lm_head.f32(), V_, H_, dA.data() + r0 * H_, false);
+    if (glm) kb::matmul_backward_weight(logits.data(), A.data() + r0 * H_, rc, V_, H_, glm, static_cast<float*>(nullptr));
+  }
+  if (!grads) return loss;
+
+  Gradients& g = *grads;
+  std::vector<float> dagg(static_cast<size_t>(M_ * H_), 0.0f);
+  for (int64_t b = 0, j = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < L; ++t, ++j) std::copy_n(dA.data() + j * H_, H_, dagg.data() + (b * L + t) * H_);
+  std::vector<float> dx(static_cast<size_t>(N_ * H_)), dhn(static_cast<size_t>(N_ * H_));
+  aggregate_backward(dagg.data(), dhn.data(), g);
+  // The final RMSNorm's input is xs_[NL].
+  kb::rmsnorm_backward(xs_[static_cast<size_t>(NL_)].data(), w_.final_norm, dhn.data(), dx.data(), g.get(final_norm_idx_), N_,
+                       H_, static_cast<float>(c_.rms_norm_eps), false, rstd_.data());
+  float* gemb = g.get(embed_idx_);
+  for (int64_t l = NL_ - 1; l >= 0; --l)
+    layer_backward(l, xs_[static_cast<size_t>(l)].data(), dx.data(), g, l > 0 || gemb != nullptr);
+  if (gemb) {
+    // Embedding rows: Σ over streams and tokens, in token order (columns in parallel).
+#pragma omp parallel for schedule(static) if (M_ * H_ > 65536)
+    for (int64_t k0 = 0; k0 < H_; k0 += 16) {
+      const int64_t k1 = std::min(H_, k0 + 16);
+      for (int64_t i = 0; i < M_; ++i) {
+        float* row = gemb + static_cast<int64_t>(ids[i]) * H_;
+        for (int64_t s = 0; s < P_; ++s)
+          for (int64_t k = k0; k < k1; ++k) row[k] += dx[static_cast<size_t>((s * M_ + i) * H_ + k)];
+      }
+    }
+  }
+  return loss;
+}
+
+void TrainModel::forward_logits(const int32_t* ids, int64_t B, int64_t L, std::vector<float>& logits) {
+  setup(B, L);
+  run_forward(ids);
+  logits.resize(static_cast<size_t>(M_ * V_));
+  matmul_rows(agg_.data(), M_, w_.lm_head, nullptr, logits.data());
+}
+
+void TrainModel::capture_kv(const int32_t* ids, int64_t L, std::vector<std::vector<float>>& k,
+                            std::vector<std::vector<float>>& v) {
+  k.assign(static_cast<size_t>(NL_), {});
+  v.assign(static_cast<size_t>(NL_), {});
+  cap_k_ = &k;
+  cap_v_ = &v;
+  try {
+    setup(1, L);
+    float* x0 = xs_[0].data();
+    embed_tokens(w_, ids, L, x0);
+    for (int64_t s = 1; s < P_; ++s) std::copy_n(x0, L * H_, x0 + s * L * H_);
+    for (int64_t l = 0; l < NL_; ++l) layer_forward(l, xs_[static_cast<size_t>(l)].data(), xs_[static_cast<size_t>(l + 1)].data());
+  } catch (...) {
+    cap_k_ = cap_v_ = nullptr;
+    throw;
+  }
+  cap_k_ = cap_v_ = nullptr;
+}
+
+}  // namespace parscale::train

@@ -1,0 +1,89 @@
+// The training forward and backward pass of a ParScale/Qwen2 model over a batch of B sequences of
+// L tokens, with per-layer checkpointing: the forward keeps only each layer's input [P·B·L, H];
+// the backward recomputes one layer at a time (same kernels, same order as the inference path in
+// model/qwen2.cpp and parscale/parscale.cpp, so the logits equal a Session's bit for bit) and
+// differentiates it with the kernels of kernels/backward.h.
+//
+// Token layout: stream-major, token i = s·M + b·L + t (M = B·L) lives in attention row
+// r = s·B + b = i / L at position t; the row's slots are [T prefix slots][L real tokens].
+// Loss: Σ over the B·(L−1) next-token predictions (position t predicts token t+1) of the
+// cross-entropy; gradients are of loss_scale · that sum.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace parscale::train {
+
+// What is trained: everything, or only the ParScale parameters (prefixes + aggregation) of a
+// frozen backbone.
+enum class TrainMode { All, ParScale };
+
+// True for the tensors of `specs` that `mode` trains.
+std::vector<bool> trainable_mask(const std::vector<TensorSpec>& specs, TrainMode mode);
+
+// Gradients aligned with ParameterSet::specs; an empty entry means "not trained".
+struct Gradients {
+  std::vector<std::vector<float>> values;
+  static Gradients for_mask(const std::vector<TensorSpec>& specs, const std::vector<bool>& mask);
+  void zero();
+  float* get(int64_t index) { return index >= 0 && !values[static_cast<size_t>(index)].empty() ? values[static_cast<size_t>(index)].data() : nullptr; }
+};
+
+class TrainModel {
+ public:
+  // `params` must outlive the model (weights are views into it; updates are seen directly).
+  explicit TrainModel(const ParameterSet& params);
+
+  // ids [B, L] row-major. Returns the summed cross-entropy of the B·(L−1) predictions. When
+  // grads != nullptr, adds loss_scale · ∂loss/∂θ into every trained (non-empty) entry.
+  double forward_backward(const int32_t* ids, int64_t B, int64_t L, float loss_scale, Gradients* grads);
+
+  // Logits of every position, [B·L, V] (ordered by sequence then position).
+  void forward_logits(const int32_t* ids, int64_t B, int64_t L, std::vector<float>& logits);
+
+  // Runs stream 0 over ids [L] (B = 1) and returns each layer's pre-RoPE K and V as
+  // [n_kv_heads, L, head_dim] (what `parscale init` turns into prefixes).
+  void capture_kv(const int32_t* ids, int64_t L, std::vector<std::vector<float>>& k, std::vector<std::vector<float>>& v);
+
+  const ModelConfig& config() const { return c_; }
+
+ private:
+  struct LayerIndex {
+    int64_t input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, prefix_k, prefix_v, post_norm, gate, up, down;
+  };
+  void setup(int64_t B, int64_t L);
+  void layer_forward(int64_t l, const float* x, float* out);
+  void layer_backward(int64_t l, const float* x, float* dx, Gradients& g, bool need_dx);
+  void run_forward(const int32_t* ids);  // fills xs_ (layer inputs) and hn_ (final-normed streams)
+  void aggregate_backward(const float* dagg, float* dhn, Gradients& g);
+
+  const ParameterSet& params_;
+  ModelConfig c_;
+  ModelWeights w_;
+  int64_t P_, T_, H_, QD_, KD_, D_, I_, V_, NH_, KVH_, NL_;
+  int64_t embed_idx_, final_norm_idx_, lm_idx_, agg0_w_, agg0_b_, agg2_w_, agg2_b_;
+  std::vector<LayerIndex> layer_idx_;
+
+  // Batch geometry of the current call.
+  int64_t B_ = 0, L_ = 0, N_ = 0, M_ = 0, R_ = 0, C_ = 0;
+  std::vector<int32_t> row_, pos_, n_visible_, targets_;
+  std::vector<int64_t> row_begin_;
+  std::vector<float> inv_freq_, cos_t_, sin_t_;
+  float scale_ = 1.0f;
+
+  // Layer inputs xs_[l] (l = 0..NL), each [N, H]; final-normed streams hn_ [N, H]; aggregate [M, H].
+  std::vector<std::vector<float>> xs_;
+  std::vector<float> hn_, agg_;
+  // One layer's recomputed activations.
+  std::vector<float> xn1_, q_, k_, v_, kbuf_, vbuf_, attn_, lse_, hmid_, xn2_, gate_, up_, act_, tmp_, scratch_;
+  // Gradient scratch.
+  std::vector<float> dxn_, dattn_, dq_, dk_, dv_, dkbuf_, dvbuf_, dact_, rstd_;
+  std::vector<double> row_loss_;
+  // Capture of pre-RoPE K/V (capture_kv).
+  std::vector<std::vector<float>>* cap_k_ = nullptr;
+  std::vector<std::vector<float>>* cap_v_ = nullptr;
+};
+
+}  // namespace parscale::train
