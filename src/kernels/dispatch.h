@@ -15,6 +15,11 @@ struct KernelTable {
                     const KVLayer& kv, float scale, float* out, float* scratch, float* lse);
   void (*rmsnorm)(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps);
   void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
+  // Probes: `iters` rounds of 16 independent vector FMA chains (returns a value so nothing is
+  // optimised away; flops = iters * 16 * lanes * 2), and the sum of n floats read once.
+  float (*fma_chains)(int64_t iters);
+  int64_t fma_lanes;
+  float (*read_sum)(const float* p, int64_t n);
 };
 
 const KernelTable& scalar_table();
@@ -30,5 +35,7 @@ void attention_scalar(const float* q, int64_t N, int64_t n_heads, const int32_t*
                       const KVLayer& kv, float scale, float* out, float* scratch, float* lse);
 void rmsnorm_scalar(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps);
 void swiglu_scalar(const float* gate, const float* up, float* out, int64_t n);
+float fma_chains_scalar(int64_t iters);
+float read_sum_scalar(const float* p, int64_t n);
 
 }  // namespace parscale::kernels::detail

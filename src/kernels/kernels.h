@@ -2,6 +2,7 @@
 // Threading is internal (OpenMP). Each kernel has a plain scalar reference (`*_ref`) that the
 // tests compare it with; training adds each backward beside its forward (kernels/backward.h).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "core/weight_view.h"
@@ -22,6 +23,12 @@ KernelPath best_kernel_path();
 KernelPath active_kernel_path();
 // Throws parscale::Error when the path is not supported here.
 void set_kernel_path(KernelPath p);
+
+// ---- machine probes (for roofline figures; run on the active path, all OpenMP threads) ---------
+// Sustained fp32 FMA rate in GFLOP/s (independent register-resident FMA chains, about `seconds`).
+double probe_fma_gflops(double seconds);
+// Streaming-read bandwidth in GB/s over a freshly allocated buffer of `bytes` (freed on return).
+double probe_read_bandwidth(size_t bytes, double seconds);
 
 // ---- matmul ----------------------------------------------------------------------------------
 // y[M, N] = x[M, K] · W[N, K]^T (+ bias[N] when bias != nullptr), W in its storage dtype.

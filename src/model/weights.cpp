@@ -1,5 +1,8 @@
 #include "model/weights.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -10,6 +13,19 @@
 namespace parscale {
 
 namespace fs = std::filesystem;
+
+std::shared_ptr<uint8_t> allocate_weight_buffer(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t rounded = (std::max<size_t>(bytes, 1) + kHuge - 1) / kHuge * kHuge;
+  const size_t len = rounded + kHuge;  // room to align the start to 2 MiB
+  void* base = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) throw Error("cannot allocate " + std::to_string(bytes) + " bytes for weights");
+  uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base) + kHuge - 1) / kHuge * kHuge);
+#ifdef MADV_HUGEPAGE
+  ::madvise(aligned, rounded, MADV_HUGEPAGE);
+#endif
+  return std::shared_ptr<uint8_t>(aligned, [base, len](uint8_t*) { ::munmap(base, len); });
+}
 
 namespace {
 

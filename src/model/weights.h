@@ -55,6 +55,11 @@ struct LoadOptions {
   std::vector<std::string> adapter_files;
 };
 
+// Memory for weight matrices made at run time (load-time conversion, random weights): anonymous,
+// 2 MiB aligned, transparent huge pages requested (fewer TLB misses when streaming the weights),
+// contents uninitialised (zero pages until written), returned to the OS when the last owner goes.
+std::shared_ptr<uint8_t> allocate_weight_buffer(size_t bytes);
+
 // Loads DIR (config.json, weights, generation_config.json) and checks every tensor the
 // config implies: present, shape, dtype. Throws parscale::Error with one clear line otherwise.
 ModelWeights load_model(const std::string& dir, const LoadOptions& options = {});
