@@ -90,22 +90,21 @@ struct RandomFactory {
   uint64_t seed;
   ModelWeights* w;
   uint64_t next = 1;
+  std::shared_ptr<WeightArena> arena = std::make_shared<WeightArena>();
+  RandomFactory(DType d, uint64_t s, ModelWeights* mw) : dtype(d), seed(s), w(mw) { w->owned.push_back(arena); }
 
   WeightView matrix(int64_t rows, int64_t cols, float stddev) {
     const uint64_t s = seed * 1000003ull + next++;
     const float a = stddev * std::sqrt(3.0f);
     const int64_t n = rows * cols;
     WeightView v{dtype, nullptr, rows, cols};
-    auto buf = allocate_weight_buffer(static_cast<size_t>(n) * dtype_size(dtype));
-    w->owned.push_back(buf);
-    v.data = buf.get();
+    uint8_t* buf = arena->allocate(static_cast<size_t>(n) * dtype_size(dtype));
+    v.data = buf;
     if (dtype == DType::I8) {
       constexpr int64_t block = 32;
       check(cols % block == 0, "random q8 weights need cols divisible by 32");
-      auto sc = allocate_weight_buffer(static_cast<size_t>(rows * (cols / block)) * sizeof(float));
-      w->owned.push_back(sc);
-      float* scales = reinterpret_cast<float*>(sc.get());
-      int8_t* q = reinterpret_cast<int8_t*>(buf.get());
+      float* scales = reinterpret_cast<float*>(arena->allocate(static_cast<size_t>(rows * (cols / block)) * sizeof(float)));
+      int8_t* q = reinterpret_cast<int8_t*>(buf);
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::lround(127.0f * uniform_pm1(s, static_cast<uint64_t>(i))));
       for (int64_t i = 0; i < rows * (cols / block); ++i) scales[i] = a / 127.0f;
@@ -118,7 +117,7 @@ struct RandomFactory {
       float tmp[4096];
       const int64_t m = std::min<int64_t>(4096, n - c0);
       for (int64_t i = 0; i < m; ++i) tmp[i] = a * uniform_pm1(s, static_cast<uint64_t>(c0 + i));
-      convert_from_f32(dtype, tmp, static_cast<uint8_t*>(buf.get()) + c0 * dtype_size(dtype), static_cast<size_t>(m));
+      convert_from_f32(dtype, tmp, buf + c0 * dtype_size(dtype), static_cast<size_t>(m));
     }
     return v;
   }

@@ -1,6 +1,8 @@
 // The AVX2 + FMA + F16C kernel path (8 fp32 lanes). Compiled with a target pragma after all
 // includes, so only the code below uses these instructions; it runs only when dispatch.cpp has
 // checked the CPU.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -19,6 +21,7 @@ namespace {
 struct Avx2 {
   using reg = __m256;
   static constexpr int64_t W = 8;
+  static constexpr int kRegs = 16;
   static constexpr int MR = 3;  // 3 x rows × 4 weight rows = 12 accumulators + 3 x + 1 w registers
   static constexpr int NR = 4;
   static reg zero() { return _mm256_setzero_ps(); }

@@ -1,5 +1,7 @@
 // The AVX-512 (F, BW, VL) + FMA + F16C kernel path (16 fp32 lanes). Same bodies as the AVX2 path
 // (simd_impl.inc) with wider registers and a larger register block (32 vector registers).
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -21,6 +23,7 @@ namespace {
 struct Avx512 {
   using reg = __m512;
   static constexpr int64_t W = 16;
+  static constexpr int kRegs = 32;
   static constexpr int MR = 4;  // 4 x rows × 4 weight rows = 16 accumulators + 4 x + 1 w registers
   static constexpr int NR = 4;
   static reg zero() { return _mm512_setzero_ps(); }
