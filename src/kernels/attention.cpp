@@ -6,12 +6,12 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/kernels.h"
+#include "kernels/dispatch.h"
 
 namespace parscale::kernels {
 
-void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
-               const KVLayer& kv, float scale, float* out, float* scratch, float* lse) {
+void detail::attention_scalar(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
+                              const KVLayer& kv, float scale, float* out, float* scratch, float* lse) {
   const int64_t D = kv.head_dim;
   const int64_t group = n_heads / kv.n_kv_heads;
   int64_t max_visible = 0;

@@ -2,11 +2,11 @@
 // fast path differs from the plain formula.
 #include <cmath>
 
-#include "kernels/kernels.h"
+#include "kernels/dispatch.h"
 
 namespace parscale::kernels {
 
-void rmsnorm(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps) {
+void detail::rmsnorm_scalar(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps) {
 #pragma omp parallel for schedule(static) if (M * H > 16384)
   for (int64_t m = 0; m < M; ++m) {
     const float* xm = x + m * H;
@@ -29,7 +29,7 @@ void rmsnorm_ref(const float* x, const float* w, float* y, int64_t M, int64_t H,
   }
 }
 
-void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+void detail::swiglu_scalar(const float* gate, const float* up, float* out, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];

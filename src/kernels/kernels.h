@@ -2,17 +2,41 @@
 // Threading is internal (OpenMP). Each kernel has a plain scalar reference (`*_ref`) that the
 // tests compare it with; training adds each backward beside its forward (kernels/backward.h).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "core/weight_view.h"
 
 namespace parscale::kernels {
 
+// ---- kernel paths (run-time dispatch) ----------------------------------------------------------
+// Every public kernel below runs on the active path. The default is the best path the CPU
+// supports; the environment variable PARSCALE_KERNELS=scalar|avx2|avx512|auto (read once, at the
+// first kernel call) or set_kernel_path() forces one. Scalar is portable C++ (no intrinsics).
+enum class KernelPath { Scalar, AVX2, AVX512 };
+const char* kernel_path_name(KernelPath p);
+// Parses "scalar", "avx2", "avx512" (throws parscale::Error otherwise).
+KernelPath parse_kernel_path(const char* name);
+// Whether this binary has the path and this CPU runs it (AVX2: avx2+fma+f16c; AVX512: avx512f+bw+vl).
+bool kernel_path_supported(KernelPath p);
+KernelPath best_kernel_path();
+KernelPath active_kernel_path();
+// Throws parscale::Error when the path is not supported here.
+void set_kernel_path(KernelPath p);
+
+// ---- machine probes (for roofline figures; run on the active path, all OpenMP threads) ---------
+// Sustained fp32 FMA rate in GFLOP/s (independent register-resident FMA chains, about `seconds`).
+double probe_fma_gflops(double seconds);
+// Streaming-read bandwidth in GB/s over a freshly allocated buffer of `bytes` (freed on return).
+double probe_read_bandwidth(size_t bytes, double seconds);
+
 // ---- matmul ----------------------------------------------------------------------------------
 // y[M, N] = x[M, K] · W[N, K]^T (+ bias[N] when bias != nullptr), W in its storage dtype.
 // x rows are contiguous with stride K; y rows with stride N. W is read once per call.
 void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
 void matmul_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
+// y[M, N] += x[M, K] · W[N, K]^T (the residual add fused into the matmul).
+void matmul_add(const float* x, int64_t M, const WeightView& W, float* y);
 
 // Row r of W converted to fp32 (dst has W.cols floats). Used for embedding lookups.
 void weight_row_f32(const WeightView& W, int64_t r, float* dst);
@@ -51,7 +75,8 @@ struct KVLayer {
 // For token i: cache row `row[i]`; it attends to slots [0, n_visible[i]) of that row (its stream's
 // prefix slots then the causal real tokens, all already written to the cache).
 // q [N, n_heads, D] -> out [N, n_heads, D]. GQA: query head h reads kv head h / (n_heads / n_kv_heads).
-// scratch: at least num_threads * max(n_visible) floats. lse (optional, [N, n_heads]) receives the
+// scratch: at least num_threads * max(n_visible) floats (the SIMD paths use blocks over keys with
+// an online softmax and need none). lse (optional, [N, n_heads]) receives the
 // log-sum-exp of the scaled scores (for the backward pass).
 void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
                const KVLayer& kv, float scale, float* out, float* scratch, float* lse = nullptr);

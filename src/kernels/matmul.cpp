@@ -1,5 +1,5 @@
-// Matmul y = x · W^T for W stored as F32, BF16, F16 or I8 (per-block scales).
-// Parallel over blocks of W rows, so each weight byte is read once per call whatever M is:
+// Scalar matmul y = x · W^T for W stored as F32, BF16, F16 or I8 (per-block scales), and its
+// double-precision reference. Parallel over blocks of W rows, so each weight byte is read once per call whatever M is:
 // this is what makes P streams (M = B·P rows) cost about as much as one during decoding.
 #include <omp.h>
 
@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "kernels/kernels.h"
+#include "kernels/dispatch.h"
 
 namespace parscale::kernels {
 
@@ -54,7 +54,8 @@ void weight_row_f32(const WeightView& W, int64_t r, float* dst) {
   for (int64_t k0 = 0; k0 < W.cols; k0 += kKChunk) convert_chunk(W, r, k0, std::min(kKChunk, W.cols - k0), dst + k0);
 }
 
-void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+namespace detail {
+void matmul_scalar(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate) {
   const int64_t N = W.rows, K = W.cols;
   const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static)
@@ -63,7 +64,8 @@ void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, f
     const int64_t n0 = nb * kRowBlock;
     const int64_t nr = std::min(kRowBlock, N - n0);
     for (int64_t m = 0; m < M; ++m)
-      for (int64_t j = 0; j < nr; ++j) y[m * N + n0 + j] = bias ? bias[n0 + j] : 0.0f;
+      for (int64_t j = 0; j < nr; ++j)
+        if (!accumulate) y[m * N + n0 + j] = bias ? bias[n0 + j] : 0.0f;
     for (int64_t k0 = 0; k0 < K; k0 += kKChunk) {
       const int64_t kc = std::min(kKChunk, K - k0);
       for (int64_t j = 0; j < nr; ++j) convert_chunk(W, n0 + j, k0, kc, wbuf[j]);
@@ -75,6 +77,7 @@ void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, f
     }
   }
 }
+}  // namespace detail
 
 void matmul_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
   const int64_t N = W.rows, K = W.cols;

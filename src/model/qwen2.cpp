@@ -10,6 +10,9 @@
 namespace parscale {
 
 namespace {
+// Token rows per MLP chunk (bounds the gate/up scratch to kMlpRows x intermediate floats each).
+constexpr int64_t kMlpRows = 512;
+
 template <typename T>
 void grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -22,8 +25,8 @@ void ForwardWorkspace::reserve(const ModelConfig& c, int64_t N, int64_t max_visi
   grow(k, N * c.kv_dim());
   grow(v, N * c.kv_dim());
   grow(attn, N * c.q_dim());
-  grow(gate, N * c.intermediate_size);
-  grow(up, N * c.intermediate_size);
+  grow(gate, std::min(N, kMlpRows) * c.intermediate_size);
+  grow(up, std::min(N, kMlpRows) * c.intermediate_size);
   grow(cos_t, N * c.head_dim / 2);
   grow(sin_t, N * c.head_dim / 2);
   grow(n_visible, N);
@@ -68,16 +71,19 @@ void qwen2_layer_forward(const ModelWeights& w, int64_t l, KVCache& cache, const
   }
   kernels::attention(ws.q.data(), N, c.num_attention_heads, row, ws.n_visible.data(), kv,
                      1.0f / std::sqrt(static_cast<float>(D)), ws.attn.data(), ws.scratch.data());
-  kernels::matmul(ws.attn.data(), N, L.o_proj, nullptr, ws.xn.data());
-  for (int64_t i = 0; i < N * H; ++i) x[i] += ws.xn[static_cast<size_t>(i)];
+  kernels::matmul_add(ws.attn.data(), N, L.o_proj, x);
 
-  // MLP block: x += down(silu(gate(n)) * up(n)), n = rmsnorm(x).
+  // MLP block: x += down(silu(gate(n)) * up(n)), n = rmsnorm(x). Rows go in chunks of at most
+  // kMlpRows so the [rows, I] gate/up buffers stay small for long prefills (peak memory); each
+  // chunk still reuses every converted weight tile across its rows.
   kernels::rmsnorm(x, L.post_norm, ws.xn.data(), N, H, eps);
-  kernels::matmul(ws.xn.data(), N, L.gate_proj, nullptr, ws.gate.data());
-  kernels::matmul(ws.xn.data(), N, L.up_proj, nullptr, ws.up.data());
-  kernels::swiglu(ws.gate.data(), ws.up.data(), ws.gate.data(), N * I);
-  kernels::matmul(ws.gate.data(), N, L.down_proj, nullptr, ws.xn.data());
-  for (int64_t i = 0; i < N * H; ++i) x[i] += ws.xn[static_cast<size_t>(i)];
+  for (int64_t m0 = 0; m0 < N; m0 += kMlpRows) {
+    const int64_t mc = std::min(kMlpRows, N - m0);
+    kernels::matmul(ws.xn.data() + m0 * H, mc, L.gate_proj, nullptr, ws.gate.data());
+    kernels::matmul(ws.xn.data() + m0 * H, mc, L.up_proj, nullptr, ws.up.data());
+    kernels::swiglu(ws.gate.data(), ws.up.data(), ws.gate.data(), mc * I);
+    kernels::matmul_add(ws.gate.data(), mc, L.down_proj, x + m0 * H);
+  }
 }
 
 void qwen2_layers_forward(const ModelWeights& w, KVCache& cache, const int32_t* row, const int32_t* pos, int64_t N,

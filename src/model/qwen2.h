@@ -11,7 +11,8 @@
 namespace parscale {
 
 // Scratch buffers of a forward pass, grown on demand (never inside a fixed-size decode loop
-// once reserved). Sizes in floats; N = tokens in the pass, V = max visible slots.
+// once reserved). Sizes in floats; N = tokens in the pass, V = max visible slots. gate/up hold
+// at most 512 rows: the MLP runs over row chunks of that size (bounded memory for long prefills).
 struct ForwardWorkspace {
   std::vector<float> xn, q, k, v, attn, gate, up, cos_t, sin_t, scratch, inv_freq;
   std::vector<int32_t> n_visible;

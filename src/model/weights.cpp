@@ -1,15 +1,109 @@
 #include "model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
 
 #include "core/error.h"
+#include "kernels/kernels.h"
 
 namespace parscale {
 
 namespace fs = std::filesystem;
+
+WeightArena::~WeightArena() {
+  for (const Region& r : regions_) ::munmap(r.base, r.len);
+}
+
+uint8_t* WeightArena::allocate(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20, kRegion = size_t{1} << 30, kAlign = 64;
+  bytes = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
+  if (bytes > left_) {
+    // A new region: address space only; pages become resident when written.
+    const size_t usable = std::max(kRegion, (bytes + kHuge - 1) / kHuge * kHuge);
+    const size_t len = usable + kHuge;  // room to align the start to 2 MiB
+    void* base = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) throw Error("cannot reserve " + std::to_string(len) + " bytes of memory for weights");
+    regions_.push_back({base, len});
+    cur_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base) + kHuge - 1) / kHuge * kHuge);
+    left_ = usable;
+#ifdef MADV_HUGEPAGE
+    ::madvise(cur_, usable, MADV_HUGEPAGE);
+#endif
+  }
+  uint8_t* p = cur_;
+  cur_ += bytes;
+  left_ -= bytes;
+  return p;
+}
+
+void quantize_q8(const float* src, int64_t rows, int64_t cols, int64_t block, int8_t* q, float* scales) {
+  check(block > 0 && cols % block == 0, "quantize_q8: block " + std::to_string(block) + " does not divide " + std::to_string(cols) + " columns");
+  const int64_t nb = cols / block;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* v = src + r * cols + b * block;
+      float amax = 0.0f;
+      for (int64_t k = 0; k < block; ++k) amax = std::max(amax, std::fabs(v[k]));
+      const float scale = amax / 127.0f;
+      const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+      scales[r * nb + b] = scale;
+      for (int64_t k = 0; k < block; ++k)
+        q[r * cols + b * block + k] = static_cast<int8_t>(std::lround(std::clamp(v[k] * inv, -127.0f, 127.0f)));
+    }
+}
+
+WeightView convert_weight(const WeightView& src, DType target, int64_t block, WeightArena& arena) {
+  WeightView out{target, nullptr, src.rows, src.cols};
+  const int64_t rows = src.rows, cols = src.cols;
+  uint8_t* dst = arena.allocate(static_cast<size_t>(rows * cols) * dtype_size(target));
+  out.data = dst;
+  float* scales = nullptr;
+  if (target == DType::I8) {
+    check(block > 0 && cols % block == 0, "q8: block " + std::to_string(block) + " does not divide the " + std::to_string(cols) +
+                                              " columns of a matrix");
+    scales = reinterpret_cast<float*>(arena.allocate(static_cast<size_t>(rows * (cols / block)) * sizeof(float)));
+    out.scales = scales;
+    out.block = block;
+  }
+  // Row chunks of ~64K values through an fp32 buffer per thread.
+  const int64_t chunk_rows = std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1));
+  const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+#pragma omp parallel
+  {
+    std::vector<float> tmp(static_cast<size_t>(chunk_rows * cols));
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < n_chunks; ++c) {
+      const int64_t r0 = c * chunk_rows, nr = std::min(chunk_rows, rows - r0);
+      for (int64_t r = 0; r < nr; ++r) kernels::weight_row_f32(src, r0 + r, tmp.data() + r * cols);
+      if (target == DType::I8)
+        quantize_q8(tmp.data(), nr, cols, block, reinterpret_cast<int8_t*>(dst) + r0 * cols, scales + r0 * (cols / block));
+      else
+        convert_from_f32(target, tmp.data(), dst + static_cast<size_t>(r0 * cols) * dtype_size(target), static_cast<size_t>(nr * cols));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// Drops the file-backed pages of [p, p + n) from this process's resident set (read-only private
+// mappings: the data stays in the page cache and faults back in if read again).
+void release_mapped(const void* p, size_t n) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
+}  // namespace
 
 namespace {
 
@@ -26,6 +120,15 @@ struct Loader {
   const LoadOptions& options;
   ModelWeights& out;
   std::set<std::string> used;
+  std::shared_ptr<WeightArena> arena_;
+
+  WeightArena& arena() {
+    if (!arena_) {
+      arena_ = std::make_shared<WeightArena>();
+      out.owned.push_back(arena_);
+    }
+    return *arena_;
+  }
 
   const TensorInfo& get(const TensorSpec& spec) {
     const TensorInfo* t = nullptr;
@@ -83,15 +186,14 @@ struct Loader {
     }
     const bool misaligned = reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) != 0;
     if ((allow_convert && options.convert_matrices && t.dtype != options.matrix_dtype) || misaligned) {
-      DType target = (allow_convert && options.convert_matrices) ? options.matrix_dtype : t.dtype;
-      const size_t n = static_cast<size_t>(t.numel());
-      std::vector<float> tmp(n);
-      convert_to_f32(t.dtype, t.data, tmp.data(), n);
-      auto buf = std::shared_ptr<uint8_t[]>(new uint8_t[n * dtype_size(target)]);
-      convert_from_f32(target, tmp.data(), buf.get(), n);
-      out.owned.push_back(buf);
-      w.dtype = target;
-      w.data = buf.get();
+      const DType target = (allow_convert && options.convert_matrices) ? options.matrix_dtype : t.dtype;
+      if (misaligned) {  // an aligned copy in the stored dtype first (views need aligned elements)
+        uint8_t* copy = arena().allocate(t.nbytes);
+        std::memcpy(copy, t.data, t.nbytes);
+        w.data = copy;
+      }
+      if (target != w.dtype) w = convert_weight(w, target, options.q8_block, arena());
+      release_mapped(t.data, t.nbytes);
     }
     return w;
   }
@@ -132,7 +234,7 @@ ModelWeights load_weights(const ModelConfig& config_in, std::shared_ptr<TensorSt
   const auto specs = model_tensor_specs(c);
   std::map<std::string, const TensorSpec*> by_name;
   for (const auto& s : specs) by_name[s.name] = &s;
-  Loader L{c, *store, adapter.get(), source, options, w, {}};
+  Loader L{c, *store, adapter.get(), source, options, w, {}, nullptr};
   auto spec = [&](const std::string& name) -> const TensorSpec& { return *by_name.at(name); };
 
   w.embed_tokens = L.matrix(spec("model.embed_tokens.weight"), /*allow_convert=*/true);

@@ -48,12 +48,45 @@ struct ModelWeights {
 };
 
 struct LoadOptions {
-  // Convert every matrix to this dtype at load (F32 keeps stored dtype; "as stored" when unset).
+  // Convert every matrix to this dtype at load ("as stored" when unset). DType::I8 quantises to
+  // 8 bits with per-block scales (q8_block values along K). Converted sources are released from
+  // the resident set (MADV_DONTNEED on their mapped pages) as each matrix is done.
   bool convert_matrices = false;
   DType matrix_dtype = DType::BF16;
+  int64_t q8_block = 32;
   // Optional adapter file(s) whose tensors replace/add ParScale parameters (prefixes, aggregate).
   std::vector<std::string> adapter_files;
 };
+
+// Memory for weight matrices made at run time (load-time conversion, quantisation, random weights):
+// anonymous mappings reserved in large 2 MiB-aligned regions with transparent huge pages requested
+// (fewer TLB misses when streaming), carved into 64-byte aligned pieces, so many matrices cost
+// their bytes and not a huge page of slack each. Only touched pages are resident. Freed with the
+// arena (hold it through a shared_ptr in ModelWeights::owned).
+class WeightArena {
+ public:
+  WeightArena() = default;
+  WeightArena(const WeightArena&) = delete;
+  WeightArena& operator=(const WeightArena&) = delete;
+  ~WeightArena();
+  // Uninitialised (zero until written) bytes, 64-byte aligned, valid while the arena lives.
+  uint8_t* allocate(size_t bytes);
+
+ private:
+  struct Region { void* base; size_t len; };
+  std::vector<Region> regions_;
+  uint8_t* cur_ = nullptr;
+  size_t left_ = 0;
+};
+
+// Quantises rows of fp32 values to I8 with one fp32 scale per `block` consecutive values of a row
+// (symmetric: scale = max|v| / 127, q = round(v / scale)); cols % block == 0.
+// q [rows, cols], scales [rows, cols / block].
+void quantize_q8(const float* src, int64_t rows, int64_t cols, int64_t block, int8_t* q, float* scales);
+
+// A matrix view converted to `target` (F32, BF16, F16, or I8 with `block`) in memory from `arena`,
+// converted in row chunks (no full-size temporary).
+WeightView convert_weight(const WeightView& src, DType target, int64_t block, WeightArena& arena);
 
 // Loads DIR (config.json, weights, generation_config.json) and checks every tensor the
 // config implies: present, shape, dtype. Throws parscale::Error with one clear line otherwise.

@@ -1,0 +1,222 @@
+// Run-time selection of the kernel path and the public entry points that forward to it.
+#include "kernels/dispatch.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "core/error.h"
+
+namespace parscale::kernels {
+
+namespace detail {
+
+const KernelTable& scalar_table() {
+  static const KernelTable t{KernelPath::Scalar, matmul_scalar,     attention_scalar, rmsnorm_scalar,
+                             swiglu_scalar,      fma_chains_scalar, 1,                read_sum_scalar};
+  return t;
+}
+
+namespace {
+
+const KernelTable* table_for(KernelPath p) {
+  switch (p) {
+    case KernelPath::Scalar: return &scalar_table();
+    case KernelPath::AVX2: return avx2_table();
+    case KernelPath::AVX512: return avx512_table();
+  }
+  return nullptr;
+}
+
+bool cpu_has(KernelPath p) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  switch (p) {
+    case KernelPath::Scalar: return true;
+    case KernelPath::AVX2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case KernelPath::AVX512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }
+  return false;
+#else
+  return p == KernelPath::Scalar;
+#endif
+}
+
+std::atomic<const KernelTable*> g_active{nullptr};
+std::once_flag g_init;
+
+void init_from_environment() {
+  std::call_once(g_init, [] {
+    const char* env = std::getenv("PARSCALE_KERNELS");
+    KernelPath p = best_kernel_path();
+    if (env && *env && std::string(env) != "auto") {
+      p = parse_kernel_path(env);
+      if (!kernel_path_supported(p))
+        throw Error(std::string("PARSCALE_KERNELS=") + env + ": this CPU (or build) does not support the " +
+                    kernel_path_name(p) + " path");
+    }
+    const KernelTable* expected = nullptr;
+    g_active.compare_exchange_strong(expected, table_for(p));
+  });
+}
+
+}  // namespace
+
+const KernelTable& active() {
+  const KernelTable* t = g_active.load(std::memory_order_acquire);
+  if (!t) {
+    init_from_environment();
+    t = g_active.load(std::memory_order_acquire);
+  }
+  return *t;
+}
+
+float fma_chains_scalar(int64_t iters) {
+  float a[16];
+  for (int i = 0; i < 16; ++i) a[i] = static_cast<float>(i);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 16; ++i) a[i] = std::fma(a[i], 0.999999f, 1e-7f);
+  float s = 0.0f;
+  for (float v : a) s += v;
+  return s;
+}
+
+float read_sum_scalar(const float* p, int64_t n) {
+  float s[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) s[j] += p[i + j];
+  for (; i < n; ++i) s[0] += p[i];
+  return s[0] + s[1] + s[2] + s[3];
+}
+
+}  // namespace detail
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+double probe_fma_gflops(double seconds) {
+  const detail::KernelTable& t = detail::active();
+  // Calibrate the round count on one thread, then run all threads together.
+  int64_t iters = 1 << 16;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    volatile float sink = t.fma_chains(iters);
+    (void)sink;
+    if (seconds_since(t0) > 0.02 || iters > (int64_t{1} << 40)) break;
+    iters *= 4;
+  }
+  double best = 0.0;
+  const auto start = std::chrono::steady_clock::now();
+  do {
+    int threads = 1;
+    const auto t0 = std::chrono::steady_clock::now();
+    float acc = 0.0f;
+#pragma omp parallel reduction(+ : acc)
+    {
+#pragma omp single
+      threads = omp_get_num_threads();
+      acc += t.fma_chains(iters);
+    }
+    volatile float sink = acc;
+    (void)sink;
+    const double dt = seconds_since(t0);
+    best = std::max(best, static_cast<double>(threads) * static_cast<double>(iters) * 16.0 *
+                              static_cast<double>(t.fma_lanes) * 2.0 / dt / 1e9);
+  } while (seconds_since(start) < seconds);
+  return best;
+}
+
+double probe_read_bandwidth(size_t bytes, double seconds) {
+  const detail::KernelTable& t = detail::active();
+  const int64_t n = static_cast<int64_t>(bytes / sizeof(float));
+  std::unique_ptr<float[]> buf(new float[static_cast<size_t>(n)]);
+  // First touch by the threads that read it (page placement), values that cannot be denormal.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) buf[static_cast<size_t>(i)] = 1.0f;
+  double best = 0.0;
+  const auto start = std::chrono::steady_clock::now();
+  do {
+    const auto t0 = std::chrono::steady_clock::now();
+    float acc = 0.0f;
+#pragma omp parallel reduction(+ : acc)
+    {
+      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t per = (n + nt - 1) / nt;
+      const int64_t b = std::min(n, id * per), e = std::min(n, b + per);
+      acc += t.read_sum(buf.get() + b, e - b);
+    }
+    volatile float sink = acc;
+    (void)sink;
+    best = std::max(best, static_cast<double>(n) * sizeof(float) / seconds_since(t0) / 1e9);
+  } while (seconds_since(start) < seconds);
+  return best;
+}
+
+const char* kernel_path_name(KernelPath p) {
+  switch (p) {
+    case KernelPath::Scalar: return "scalar";
+    case KernelPath::AVX2: return "avx2";
+    case KernelPath::AVX512: return "avx512";
+  }
+  return "?";
+}
+
+KernelPath parse_kernel_path(const char* name) {
+  const std::string s = name ? name : "";
+  if (s == "scalar") return KernelPath::Scalar;
+  if (s == "avx2") return KernelPath::AVX2;
+  if (s == "avx512") return KernelPath::AVX512;
+  throw Error("kernel path \"" + s + "\" is not one of scalar, avx2, avx512");
+}
+
+bool kernel_path_supported(KernelPath p) { return detail::table_for(p) != nullptr && detail::cpu_has(p); }
+
+KernelPath best_kernel_path() {
+  if (kernel_path_supported(KernelPath::AVX512)) return KernelPath::AVX512;
+  if (kernel_path_supported(KernelPath::AVX2)) return KernelPath::AVX2;
+  return KernelPath::Scalar;
+}
+
+KernelPath active_kernel_path() { return detail::active().path; }
+
+void set_kernel_path(KernelPath p) {
+  if (!kernel_path_supported(p))
+    throw Error(std::string("kernel path ") + kernel_path_name(p) + " is not supported by this CPU or build");
+  detail::init_from_environment();
+  detail::g_active.store(detail::table_for(p), std::memory_order_release);
+}
+
+void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  detail::active().matmul(x, M, W, bias, y, false);
+}
+
+void matmul_add(const float* x, int64_t M, const WeightView& W, float* y) {
+  detail::active().matmul(x, M, W, nullptr, y, true);
+}
+
+void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
+               const KVLayer& kv, float scale, float* out, float* scratch, float* lse) {
+  detail::active().attention(q, N, n_heads, row, n_visible, kv, scale, out, scratch, lse);
+}
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps) {
+  detail::active().rmsnorm(x, w, y, M, H, eps);
+}
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n) { detail::active().swiglu(gate, up, out, n); }
+
+}  // namespace parscale::kernels
