@@ -2,6 +2,7 @@
 // prints {"ids": [...]} (generated ids only; with several --ids, a list per sequence).
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,7 @@ struct Opts {
   std::string prompt;
   std::string tokenizer;
   bool chat = false;
+  std::string messages;
   bool parse_special = true;
   parscale::GenerateOptions gen;
   bool json = false;
@@ -43,7 +45,26 @@ int run_text(const Opts& o) {
   using namespace parscale;
   Tokenizer tok = o.tokenizer.empty() ? Tokenizer::from_model_dir(o.model.model_dir) : Tokenizer::from_file(o.tokenizer);
   std::string text = o.prompt;
-  if (o.chat) {
+  if (!o.messages.empty()) {
+    if (!tok.has_chat_template()) throw Error("--messages: the tokenizer has no chat_template (tokenizer_config.json)");
+    std::ifstream in(o.messages);
+    if (!in) throw Error(o.messages + ": cannot open");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(o.messages + ": invalid JSON: " + e.what());
+    }
+    if (!j.is_array()) throw Error(o.messages + ": expected a JSON array of messages");
+    std::vector<ChatMessage> msgs;
+    for (size_t i = 0; i < j.size(); ++i) {
+      if (!j[i].is_object() || !j[i].contains("role") || !j[i]["role"].is_string() || !j[i].contains("content") ||
+          !j[i]["content"].is_string())
+        throw Error(o.messages + ": message " + std::to_string(i) + " needs string fields \"role\" and \"content\"");
+      msgs.push_back({j[i]["role"].get<std::string>(), j[i]["content"].get<std::string>()});
+    }
+    text = tok.apply_chat_template(msgs, /*add_generation_prompt=*/true);
+  } else if (o.chat) {
     if (!tok.has_chat_template()) throw Error("--chat: the tokenizer has no chat_template (tokenizer_config.json)");
     text = tok.apply_chat_template({{"user", o.prompt}}, /*add_generation_prompt=*/true);
   }
@@ -60,7 +81,7 @@ int run_text(const Opts& o) {
       if (std::find(gen.eos_ids.begin(), gen.eos_ids.end(), e) == gen.eos_ids.end()) gen.eos_ids.push_back(e);
   }
   StreamDecoder dec(tok, /*skip_special=*/true);
-  if (!o.json) {
+  if (!o.json && o.messages.empty() && !o.chat) {
     std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
     std::fflush(stdout);
   }
@@ -95,6 +116,10 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
   ids->excludes(prompt);
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json to use with --prompt (default: the model folder's)");
   app.add_flag("--chat", o->chat, "wrap --prompt as one user turn with the tokenizer's chat template");
+  auto* messages = app.add_option("--messages", o->messages,
+                                  "JSON file with a conversation [{\"role\": ..., \"content\": ...}, ...], rendered with the chat template");
+  messages->excludes(ids);
+  messages->excludes(prompt);
   app.add_flag("!--no-special", o->parse_special, "treat special-token text in --prompt as plain text");
   app.add_option("--max-tokens", o->gen.max_tokens, "maximum tokens to generate per sequence")->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", o->gen.sampling.temperature, "0 = greedy (default 1)");
@@ -108,8 +133,8 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
   app.add_flag("--stats", o->stats, "print timing statistics to stderr");
   return [o]() -> int {
     using namespace parscale;
-    if (o->ids.empty() && o->prompt.empty()) throw Error("generate: give --ids or --prompt");
-    if (!o->prompt.empty()) return run_text(*o);
+    if (o->ids.empty() && o->prompt.empty() && o->messages.empty()) throw Error("generate: give --ids, --prompt or --messages");
+    if (!o->prompt.empty() || !o->messages.empty()) return run_text(*o);
     std::vector<std::vector<int32_t>> prompts;
     for (const auto& s : o->ids) prompts.push_back(cli::parse_id_list(s, "--ids"));
     ModelWeights w = o->model.load();
