@@ -52,10 +52,21 @@ constexpr int64_t kHeadChunk = 128;
 // kernels::matmul over row chunks that stay in cache: the forward kernel computes every y[m, n]
 // independently of the other rows (parallel over W rows), so chunking gives bitwise the same
 // result while the x rows of a chunk are reused from cache across all W rows.
+// With several chunks, the chunks are spread over the threads in ONE parallel region (the
+// kernel's own region then runs on the calling thread alone), which keeps barriers few.
 void matmul_rows(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
   const int64_t chunk = std::clamp<int64_t>(32768 / std::max<int64_t>(W.cols, 1), 8, 256);
-  for (int64_t m0 = 0; m0 < M; m0 += chunk)
+  const int64_t chunks = (M + chunk - 1) / chunk;
+  if (chunks < 2 * num_threads()) {
+    for (int64_t m0 = 0; m0 < M; m0 += chunk)
+      kb::matmul(x + m0 * W.cols, std::min(chunk, M - m0), W, bias, y + m0 * W.rows);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t m0 = c * chunk;
     kb::matmul(x + m0 * W.cols, std::min(chunk, M - m0), W, bias, y + m0 * W.rows);
+  }
 }
 
 }  // namespace

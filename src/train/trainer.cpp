@@ -1,6 +1,10 @@
 #include "train/trainer.h"
 
 #include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#include <pmmintrin.h>
+#endif
 
 #include <chrono>
 #include <cstring>
@@ -168,7 +172,20 @@ double evaluate(TrainModel& model, const Dataset& data, int64_t sequences, int64
 
 }  // namespace
 
+void flush_denormals_to_zero() {
+#if defined(__x86_64__) || defined(__i386__)
+#pragma omp parallel
+  {
+    _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
+    _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
+  }
+  _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
+  _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
+#endif
+}
+
 TrainResult train(ParameterSet& params, Dataset& data, const TrainerOptions& o, const ProcessGroup& group) {
+  flush_denormals_to_zero();
   const int W = group.size();
   const int64_t L = o.seq_len;
   check(L == data.seq_len(), "train: dataset and options disagree on seq_len");

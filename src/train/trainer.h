@@ -54,6 +54,10 @@ struct TrainResult {
 // result: adapter.safetensors (mode ParScale) or an HF model folder (mode All).
 TrainResult train(ParameterSet& params, Dataset& data, const TrainerOptions& options, const ProcessGroup& group);
 
+// Sets flush-to-zero and denormals-are-zero on this thread and the OpenMP pool (x86): denormal
+// operands slow the FMA units ~100x, and tiny gradients/moments produce them. train() calls it.
+void flush_denormals_to_zero();
+
 // Checkpoint file inside an output folder.
 std::string checkpoint_path(const std::string& out_dir);
 
