@@ -135,3 +135,30 @@ TEST_F(TextModel, VocabularyMismatchIsAnError) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(TextModel, TrainOnTextThenPerplexityOnText) {
+  // `train --text` tokenizes with the model's tokenizer; the loss must fall on the training text,
+  // and `perplexity --file` must agree with exp(loss).
+  const std::string corpus = (test::fixtures_dir() / "tokenizers" / "trained" / "corpus.txt").string();
+  const std::string out_dir = (tmp->path / "trained").string();
+  std::string out, err;
+  ASSERT_EQ(test::run_command(bin() + " train --model " + model + " --text " + corpus +
+                                  " --train all --steps 30 --seq-len 32 --batch 4 --lr 3e-3 --eval-fraction 0 --no-progress --json --out " +
+                                  out_dir,
+                              &out, &err),
+            0)
+      << err;
+  json summary = json::parse(out.substr(out.rfind("{\"")));
+  EXPECT_EQ(summary["steps_done"].get<int>(), 30);
+  std::string before, after;
+  ASSERT_EQ(test::run_command(bin() + " perplexity --model " + model + " --file " + corpus + " --seq-len 32 --json", &before, &err), 0) << err;
+  ASSERT_EQ(test::run_command(bin() + " perplexity --model " + out_dir + " --file " + corpus + " --seq-len 32 --json", &after, &err), 0) << err;
+  json b = json::parse(before), a = json::parse(after);
+  EXPECT_LT(a["loss"].get<double>(), b["loss"].get<double>() - 0.5);
+  EXPECT_NEAR(a["perplexity"].get<double>(), std::exp(a["loss"].get<double>()), 1e-6 * a["perplexity"].get<double>());
+  EXPECT_EQ(a["tokens"], b["tokens"]);
+}
+
+}  // namespace

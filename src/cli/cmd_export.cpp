@@ -24,7 +24,7 @@ parscale::cli::RegisterCommand reg("export", "write a backbone (+ adapter) as a 
   return [o]() -> int {
     using namespace parscale;
     ParameterSet p = train::load_parameters(o->model, o->adapters);
-    train::save_model_dir(p, o->out, o->dtype == "bf16" ? DType::BF16 : DType::F32);
+    train::save_model_dir(p, o->out, o->dtype == "bf16" ? DType::BF16 : DType::F32, o->model);
     std::fprintf(stderr, "export: %s (P = %ld) -> %s\n", o->model.c_str(), static_cast<long>(p.config.parscale_n), o->out.c_str());
     return 0;
   };

@@ -67,7 +67,7 @@ parscale::cli::RegisterCommand reg("init", "make a ParScale model from a P = 1 b
     } else {
       throw Error("init: give --model BACKBONE --streams P, or --config config.json");
     }
-    if (!o->out.empty()) train::save_model_dir(p, o->out, o->dtype == "bf16" ? DType::BF16 : DType::F32);
+    if (!o->out.empty()) train::save_model_dir(p, o->out, o->dtype == "bf16" ? DType::BF16 : DType::F32, o->model);
     if (!o->adapter_out.empty()) train::save_adapter(p, o->adapter_out);
     int64_t n = 0;
     for (const auto& v : p.values) n += static_cast<int64_t>(v.size());

@@ -98,6 +98,7 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
     set_num_threads(o->threads);
     ProcessGroup group;
     TrainerOptions t = o->t;
+    t.tokenizer_dir = o->tokenizer.empty() ? o->model : o->tokenizer;
     t.progress = !o->no_progress;
     t.save_dtype = o->save_dtype == "bf16" ? DType::BF16 : DType::F32;
     ParameterSet params = load_parameters(o->model, o->adapters);

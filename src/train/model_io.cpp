@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "core/error.h"
@@ -139,7 +140,21 @@ ParameterSet load_parameters(const std::string& dir, const std::vector<std::stri
   return parameters_from_weights(w);
 }
 
-void save_model_dir(const ParameterSet& p, const std::string& dir, DType dtype) {
+void copy_tokenizer_files(const std::string& from, const std::string& to) {
+  if (from.empty()) return;
+  std::error_code ec;
+  if (fs::equivalent(from, to, ec)) return;
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+    const fs::path src = fs::path(from) / name;
+    if (!fs::exists(src)) continue;
+    std::ifstream in(src, std::ios::binary);
+    if (!in) throw Error(src.string() + ": cannot open");
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    write_file_atomic((fs::path(to) / name).string(), bytes);
+  }
+}
+
+void save_model_dir(const ParameterSet& p, const std::string& dir, DType dtype, const std::string& source_dir) {
   check(dtype == DType::F32 || dtype == DType::BF16, "export: dtype must be F32 or BF16");
   fs::create_directories(dir);
   ModelConfig c = p.config;
@@ -151,6 +166,7 @@ void save_model_dir(const ParameterSet& p, const std::string& dir, DType dtype) 
   else if (!c.eos_token_ids.empty()) gen["eos_token_id"] = c.eos_token_ids;
   gen["do_sample"] = false;
   write_file_atomic((fs::path(dir) / "generation_config.json").string(), gen.dump(2) + "\n");
+  copy_tokenizer_files(source_dir, dir);
   std::vector<std::vector<uint16_t>> converted;
   std::vector<TensorToWrite> tensors;
   converted.reserve(p.specs.size());

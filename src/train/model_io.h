@@ -42,8 +42,14 @@ ParameterSet parscale_from_backbone(const ParameterSet& backbone, int64_t P, int
 ParameterSet load_parameters(const std::string& dir, const std::vector<std::string>& adapters = {});
 
 // Writes an HF-layout folder: config.json, generation_config.json, model.safetensors (tensors in
-// model_tensor_specs order, dtype F32 or BF16), each file atomically. Creates `dir`.
-void save_model_dir(const ParameterSet& p, const std::string& dir, DType dtype = DType::F32);
+// model_tensor_specs order, dtype F32 or BF16), each file atomically. Creates `dir`. When
+// `source_dir` is given, its tokenizer files (tokenizer.json, tokenizer_config.json) are copied
+// along, so the new folder is a complete model.
+void save_model_dir(const ParameterSet& p, const std::string& dir, DType dtype = DType::F32,
+                    const std::string& source_dir = "");
+
+// Copies tokenizer.json / tokenizer_config.json from `from` to `to` (atomically; those present).
+void copy_tokenizer_files(const std::string& from, const std::string& to);
 
 // Writes the ParScale tensors (prefixes, aggregate_layer) as an F32 safetensors adapter with
 // __metadata__ parscale_n, parscale_n_tokens, parscale_attn_smooth (strings) and format "pt".

@@ -105,7 +105,7 @@ int64_t load_checkpoint(const std::string& path, ParameterSet& p, const std::vec
 
 void save_result(const ParameterSet& p, const TrainerOptions& o) {
   if (o.mode == TrainMode::ParScale) save_adapter(p, (fs::path(o.out_dir) / "adapter.safetensors").string());
-  else save_model_dir(p, o.out_dir, o.save_dtype);
+  else save_model_dir(p, o.out_dir, o.save_dtype, o.tokenizer_dir);
 }
 
 // Keeps the log lines of steps <= `step` (a resumed run rewrites what came after its checkpoint).

@@ -24,6 +24,7 @@ namespace parscale::train {
 
 struct TrainerOptions {
   std::string out_dir;  // empty: write nothing (benchmark)
+  std::string tokenizer_dir;  // tokenizer files copied next to saved model files (may be empty)
   TrainMode mode = TrainMode::ParScale;
   int64_t steps = 100;       // total optimizer steps of the schedule
   int64_t stop_after = 0;    // stop this run once this many steps are done (0: run to `steps`)
