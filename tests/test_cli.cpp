@@ -9,17 +9,12 @@ namespace {
 
 std::string bin() { return PARSCALE_BINARY; }
 std::string model(const std::string& name) { return (test::fixtures_dir() / "models" / name).string(); }
-std::string join(const std::vector<int32_t>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s;
-}
 
 TEST(Cli, LogitsJsonMatchesGoldenForABatch) {
   const std::string name = "ps3_t5_f16_untied_gqa3";
   json g = test::read_json(test::fixtures_dir() / "models" / name / "golden.json");
   std::string cmd = bin() + " logits --model " + model(name) + " --json";
-  for (const auto& s : g["sequences"]) cmd += " --ids " + join(s.get<std::vector<int32_t>>());
+  for (const auto& s : g["sequences"]) cmd += " --ids " + test::join_ids(s.get<std::vector<int32_t>>());
   std::string out, err;
   ASSERT_EQ(test::run_command(cmd, &out, &err), 0) << err;
   json j = json::parse(out);
@@ -38,7 +33,7 @@ TEST(Cli, GenerateJsonGreedy) {
   json g = test::read_json(test::fixtures_dir() / "models" / name / "golden.json");
   std::string out, err;
   const std::string cmd = bin() + " generate --model " + model(name) + " --ids " +
-                          join(g["greedy"]["prompt"].get<std::vector<int32_t>>()) + " --max-tokens " +
+                          test::join_ids(g["greedy"]["prompt"].get<std::vector<int32_t>>()) + " --max-tokens " +
                           std::to_string(g["greedy"]["max_tokens"].get<int>()) + " --temperature 0 --ignore-eos --json";
   ASSERT_EQ(test::run_command(cmd, &out, &err), 0) << err;
   EXPECT_EQ(json::parse(out)["ids"], g["greedy"]["ids"]);

@@ -43,11 +43,6 @@ std::vector<int32_t> tokenize(const std::string& model, const std::string& text)
   return json::parse(out).get<std::vector<int32_t>>();
 }
 
-std::string ids_arg(const std::vector<int32_t>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s;
-}
 
 TEST_F(TextModel, PromptEqualsIdsPath) {
   const std::string prompt = "def parse(self, text):";
@@ -61,7 +56,7 @@ TEST_F(TextModel, PromptEqualsIdsPath) {
   const auto prompt_ids = tokenize(model, prompt);
   EXPECT_EQ(j["prompt_ids"].get<std::vector<int32_t>>(), prompt_ids);
   std::string out2;
-  ASSERT_EQ(test::run_command(bin() + " generate --model " + model + " --ids " + ids_arg(prompt_ids) +
+  ASSERT_EQ(test::run_command(bin() + " generate --model " + model + " --ids " + test::join_ids(prompt_ids) +
                                   " --max-tokens 12 --temperature 0 --ignore-eos --json",
                               &out2),
             0);
@@ -73,7 +68,7 @@ TEST_F(TextModel, PromptEqualsIdsPath) {
                               &text),
             0);
   ASSERT_EQ(test::run_command(bin() + " detokenize --model " + model + " --skip-special --ids " +
-                                  ids_arg(j["ids"].get<std::vector<int32_t>>()),
+                                  test::join_ids(j["ids"].get<std::vector<int32_t>>()),
                               &dec),
             0);
   EXPECT_EQ(text, prompt + j["text"].get<std::string>() + "\n");

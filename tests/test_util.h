@@ -50,6 +50,13 @@ struct TempDir {
   }
 };
 
+// {5, 17, 3} -> "5,17,3" (the CLI's --ids form).
+inline std::string join_ids(const std::vector<int32_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
 // Runs a shell command, returns exit status; stdout/stderr captured into the strings.
 inline int run_command(const std::string& cmd, std::string* out, std::string* err = nullptr) {
   TempDir tmp;

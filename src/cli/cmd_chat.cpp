@@ -38,12 +38,7 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
   app.add_option("--context", o->context, "tokens of conversation kept in the KV cache (capped by max_position_embeddings)")
       ->check(CLI::PositiveNumber);
   app.add_option("--max-tokens", o->gen.max_tokens, "maximum tokens per reply")->check(CLI::PositiveNumber);
-  app.add_option("--temperature", o->gen.sampling.temperature, "0 = greedy (default 0.7)");
-  app.add_option("--top-k", o->gen.sampling.top_k, "default 20");
-  app.add_option("--top-p", o->gen.sampling.top_p, "default 0.8");
-  app.add_option("--min-p", o->gen.sampling.min_p, "default 0");
-  app.add_option("--repetition-penalty", o->gen.sampling.repetition_penalty, "default 1");
-  app.add_option("--seed", o->gen.sampling.seed, "random seed");
+  parscale::cli::add_sampling_options(app, o->gen.sampling);
   app.add_flag("--quiet", o->quiet, "no prompts or banners (for scripts)");
   return [o]() -> int {
     using namespace parscale;
@@ -52,9 +47,7 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
     ModelWeights w = o->model.load();
     o->gen.sampling.validate();
     GenerateOptions gen = o->gen;
-    gen.eos_ids = w.config.eos_token_ids;
-    for (int32_t e : tok.eos_ids())
-      if (std::find(gen.eos_ids.begin(), gen.eos_ids.end(), e) == gen.eos_ids.end()) gen.eos_ids.push_back(e);
+    gen.eos_ids = cli::eos_ids_for(w.config, tok);
     const int64_t context = std::min<int64_t>(o->context, w.config.max_position_embeddings);
     Session session(w, 1, context);
     Sampler sampler(gen.sampling, 0);

@@ -75,11 +75,7 @@ int run_text(const Opts& o) {
     throw Error("tokenizer has " + std::to_string(tok.vocab_size()) + " tokens but the model's vocab_size is " +
                 std::to_string(w.config.vocab_size));
   GenerateOptions gen = o.gen;
-  if (gen.eos_ids.empty()) {
-    gen.eos_ids = w.config.eos_token_ids;
-    for (int32_t e : tok.eos_ids())
-      if (std::find(gen.eos_ids.begin(), gen.eos_ids.end(), e) == gen.eos_ids.end()) gen.eos_ids.push_back(e);
-  }
+  if (gen.eos_ids.empty()) gen.eos_ids = cli::eos_ids_for(w.config, tok);
   StreamDecoder dec(tok, /*skip_special=*/true);
   if (!o.json && o.messages.empty() && !o.chat) {
     std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
@@ -122,12 +118,7 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
   messages->excludes(prompt);
   app.add_flag("!--no-special", o->parse_special, "treat special-token text in --prompt as plain text");
   app.add_option("--max-tokens", o->gen.max_tokens, "maximum tokens to generate per sequence")->check(CLI::NonNegativeNumber);
-  app.add_option("--temperature", o->gen.sampling.temperature, "0 = greedy (default 1)");
-  app.add_option("--top-k", o->gen.sampling.top_k, "keep the k most likely tokens (0 = off)");
-  app.add_option("--top-p", o->gen.sampling.top_p, "nucleus sampling mass (1 = off)");
-  app.add_option("--min-p", o->gen.sampling.min_p, "drop tokens below min-p times the top probability (0 = off)");
-  app.add_option("--repetition-penalty", o->gen.sampling.repetition_penalty, "HF-style repetition penalty (1 = off)");
-  app.add_option("--seed", o->gen.sampling.seed, "random seed for sampling");
+  parscale::cli::add_sampling_options(app, o->gen.sampling);
   app.add_flag("--ignore-eos", o->gen.ignore_eos, "do not stop at end-of-sequence tokens");
   app.add_flag("--json", o->json, "print {\"ids\": [...]} with the generated ids");
   app.add_flag("--stats", o->stats, "print timing statistics to stderr");

@@ -1,5 +1,6 @@
 #include "cli/common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +30,27 @@ ModelWeights ModelOptions::load() const {
   ModelWeights w = load_model(model_dir, lo);
   for (const auto& name : w.unknown_tensors) std::fprintf(stderr, "parscale: warning: unused tensor %s\n", name.c_str());
   return w;
+}
+
+void add_sampling_options(CLI::App& app, SamplingParams& p) {
+  auto dflt = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, " (default %g)", v);
+    return std::string(buf);
+  };
+  app.add_option("--temperature", p.temperature, "0 = greedy" + dflt(p.temperature));
+  app.add_option("--top-k", p.top_k, "keep the k most likely tokens, 0 = off (default " + std::to_string(p.top_k) + ")");
+  app.add_option("--top-p", p.top_p, "nucleus sampling mass, 1 = off" + dflt(p.top_p));
+  app.add_option("--min-p", p.min_p, "drop tokens below min-p times the top probability, 0 = off" + dflt(p.min_p));
+  app.add_option("--repetition-penalty", p.repetition_penalty, "HF-style repetition penalty, 1 = off" + dflt(p.repetition_penalty));
+  app.add_option("--seed", p.seed, "random seed for sampling");
+}
+
+std::vector<int64_t> eos_ids_for(const ModelConfig& config, const Tokenizer& tokenizer) {
+  std::vector<int64_t> eos = config.eos_token_ids;
+  for (int32_t e : tokenizer.eos_ids())
+    if (std::find(eos.begin(), eos.end(), e) == eos.end()) eos.push_back(e);
+  return eos;
 }
 
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& option) {

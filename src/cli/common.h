@@ -5,7 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/sampling.h"
 #include "model/weights.h"
+#include "tokenizer/tokenizer.h"
 
 namespace parscale::cli {
 
@@ -19,6 +21,12 @@ struct ModelOptions {
   // Applies --threads and loads the model; prints unknown-tensor warnings to stderr.
   ModelWeights load() const;
 };
+
+// --temperature, --top-k, --top-p, --min-p, --repetition-penalty, --seed (defaults from `p`).
+void add_sampling_options(CLI::App& app, SamplingParams& p);
+
+// The model's eos ids plus the tokenizer's end-of-turn ids (e.g. <|im_end|>), without repeats.
+std::vector<int64_t> eos_ids_for(const ModelConfig& config, const Tokenizer& tokenizer);
 
 // "5,17,3" -> {5, 17, 3}; throws parscale::Error naming the option on bad input.
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& option);
