@@ -253,3 +253,41 @@ TEST(Loading, NullFieldsTakeUpstreamDefaults) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Loading, RandomCorruptionNeverCrashes) {
+  // Flip bytes of the header, or cut the file at random places: every outcome is either a clean
+  // load or a parscale::Error (ASan/UBSan builds check there is no memory error on the way).
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, "ps2_t3_bf16_tied_1layer");
+  const auto file = dir / "model.safetensors";
+  const std::string original = read_bytes(file);
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(original[static_cast<size_t>(i)]);
+  std::mt19937_64 rng(12345);
+  int errors = 0, loads = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string bytes = original;
+    if (trial % 3 == 0) {
+      bytes.resize(rng() % bytes.size());
+    } else {
+      const int flips = 1 + static_cast<int>(rng() % 4);
+      for (int f = 0; f < flips; ++f) {
+        const size_t at = rng() % (8 + header_len);
+        bytes[at] = static_cast<char>(rng() & 0xff);
+      }
+    }
+    write_bytes(file, bytes);
+    try {
+      ModelWeights w = load_model(dir.string());
+      ++loads;
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(errors, 150);  // most corruptions are caught
+  EXPECT_EQ(errors + loads, 300);
+}
+
+}  // namespace
