@@ -2,6 +2,7 @@
 #include "kernels/dispatch.h"
 
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <memory>
 #include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -143,10 +145,19 @@ double probe_fma_gflops(double seconds) {
 double probe_read_bandwidth(size_t bytes, double seconds) {
   const detail::KernelTable& t = detail::active();
   const int64_t n = static_cast<int64_t>(bytes / sizeof(float));
-  std::unique_ptr<float[]> buf(new float[static_cast<size_t>(n)]);
+  // Anonymous memory with transparent huge pages requested, as the weights get (WeightArena).
+  const size_t huge = size_t{2} << 20, len = static_cast<size_t>(n) * sizeof(float) + huge;
+  void* base = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  check(base != MAP_FAILED, "probe_read_bandwidth: cannot map " + std::to_string(len) + " bytes");
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + huge - 1) / huge * huge);
+#ifdef MADV_HUGEPAGE
+  ::madvise(aligned, static_cast<size_t>(n) * sizeof(float), MADV_HUGEPAGE);
+#endif
+  std::unique_ptr<void, std::function<void(void*)>> unmap(base, [len](void* p) { ::munmap(p, len); });
+  float* buf_ptr = aligned;
   // First touch by the threads that read it (page placement), values that cannot be denormal.
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) buf[static_cast<size_t>(i)] = 1.0f;
+  for (int64_t i = 0; i < n; ++i) buf_ptr[i] = 1.0f;
   double best = 0.0;
   const auto start = std::chrono::steady_clock::now();
   do {
@@ -157,7 +168,7 @@ double probe_read_bandwidth(size_t bytes, double seconds) {
       const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
       const int64_t per = (n + nt - 1) / nt;
       const int64_t b = std::min(n, id * per), e = std::min(n, b + per);
-      acc += t.read_sum(buf.get() + b, e - b);
+      acc += t.read_sum(buf_ptr + b, e - b);
     }
     volatile float sink = acc;
     (void)sink;
