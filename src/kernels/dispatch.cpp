@@ -21,8 +21,9 @@ namespace parscale::kernels {
 namespace detail {
 
 const KernelTable& scalar_table() {
-  static const KernelTable t{KernelPath::Scalar, matmul_scalar,     attention_scalar, rmsnorm_scalar,
-                             swiglu_scalar,      fma_chains_scalar, 1,                read_sum_scalar};
+  static const KernelTable t{KernelPath::Scalar, matmul_scalar,       attention_scalar,     rmsnorm_scalar,
+                             swiglu_scalar,      fma_chains_scalar,   1,                    read_sum_scalar,
+                             matmul_multi_scalar, gate_up_swiglu_scalar};
   return t;
 }
 
@@ -81,6 +82,17 @@ const KernelTable& active() {
     t = g_active.load(std::memory_order_acquire);
   }
   return *t;
+}
+
+void matmul_multi_scalar(const float* x, int64_t M, const MatmulOut* outs, int count) {
+  for (int i = 0; i < count; ++i) matmul_scalar(x, M, *outs[i].W, outs[i].bias, outs[i].y, false);
+}
+
+void gate_up_swiglu_scalar(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
+                           float* out) {
+  matmul_scalar(x, M, Wg, nullptr, gate, false);
+  matmul_scalar(x, M, Wu, nullptr, up, false);
+  swiglu_scalar(gate, up, out, M * Wg.rows);
 }
 
 float fma_chains_scalar(int64_t iters) {
@@ -217,6 +229,15 @@ void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, f
 
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y) {
   detail::active().matmul(x, M, W, nullptr, y, true);
+}
+
+void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
+  if (count < 0 || count > 8) throw Error("matmul_multi: at most 8 outputs");  // (no string built per call)
+  detail::active().matmul_multi(x, M, outs, count);
+}
+
+void gate_up_swiglu(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up, float* out) {
+  detail::active().gate_up_swiglu(x, M, Wg, Wu, gate, up, out);
 }
 
 void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
