@@ -120,6 +120,35 @@ TEST_P(ConvertedFixture, Q8AndHalfFormatsStayCloseToTheReference) {
   }
 }
 
+TEST_P(ConvertedFixture, LoadTimeConversionEqualsTheConvertedFolder) {
+  // --dtype at load (chunked conversion from the mapped file) and `parscale convert` run the same
+  // conversion, so both give bit-identical logits.
+  const auto dir = test::fixtures_dir() / "models" / GetParam();
+  const auto seq = test::read_json(dir / "golden.json")["sequences"][0].get<std::vector<int32_t>>();
+  const int64_t block = q8_block_for(load_model(dir.string()).config);
+  for (const auto& [name, dt] : {std::pair<std::string, DType>{"bf16", DType::BF16}, {"q8", DType::I8}}) {
+    test::TempDir out;
+    std::string so, se;
+    ASSERT_EQ(test::run_command(std::string(PARSCALE_BINARY) + " convert --model " + dir.string() + " --out " +
+                                    out.path.string() + " --dtype " + name + " --q8-block " + std::to_string(block),
+                                &so, &se),
+              0)
+        << se;
+    LoadOptions lo;
+    lo.convert_matrices = true;
+    lo.matrix_dtype = dt;
+    lo.q8_block = block;
+    const ModelWeights at_load = load_model(dir.string(), lo);
+    const ModelWeights folder = load_model(out.path.string());
+    EXPECT_EQ(at_load.layers[0].down_proj.dtype, dt);
+    std::vector<float> a, b;
+    Session sa(at_load, 1, static_cast<int64_t>(seq.size())), sb(folder, 1, static_cast<int64_t>(seq.size()));
+    sa.forward({seq}, Session::Outputs::AllPositions, a);
+    sb.forward({seq}, Session::Outputs::AllPositions, b);
+    EXPECT_EQ(a, b) << name;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, ConvertedFixture,
                          ::testing::Values("ps2_t4_f16_tied_h64", "qwen2_untied_bf16_gqa3", "ps3_t5_f16_untied_gqa3",
                                            "ps4_t7_f32_tied_sharded"),
