@@ -235,7 +235,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
   app.add_option("--model", o->model_dir, "model folder (its P is used; --streams is ignored)");
   app.add_option("--adapter", o->adapters, "ParScale adapter files for --model");
   app.add_option("--shape", o->shape, "random weights of a named shape: parscale-1.8b, tiny");
-  app.add_option("--dtype", o->dtype, "matrix dtype: bf16, f16, f32, q8 (random shapes); auto|bf16|f16|f32 (--model)")
+  app.add_option("--dtype", o->dtype, "matrix dtype: bf16, f16, f32, q8 (random shapes); auto, bf16, f16, f32, q8 (--model: converted at load)")
       ->check(CLI::IsMember({"auto", "f32", "bf16", "f16", "q8"}));
   app.add_option("--streams", o->streams, "comma-separated P values (random shapes)");
   app.add_option("--batch", o->batch, "comma-separated batch sizes B");
@@ -274,7 +274,6 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       cli::ModelOptions mo;
       mo.model_dir = o->model_dir;
       mo.adapters = o->adapters;
-      if (o->dtype == "q8") throw Error("bench --model: --dtype q8: convert the folder first (parscale convert --dtype q8)");
       mo.dtype = o->dtype;
       mo.threads = o->threads;
       backbone = mo.load();
