@@ -62,7 +62,7 @@ ModelConfig named_shape(const std::string& name) {
   } else if (name == "tiny") {
     c.vocab_size = 1000;
     c.hidden_size = 64;
-    c.intermediate_size = 176;
+    c.intermediate_size = 192;
     c.num_hidden_layers = 2;
     c.num_attention_heads = 4;
     c.num_key_value_heads = 2;
