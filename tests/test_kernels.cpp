@@ -101,6 +101,35 @@ TEST_F(KernelPaths, MatmulMatchesReferenceForEveryDtypeAndShape) {
   }
 }
 
+TEST_F(KernelPaths, MatmulMultiAndFusedSwigluMatchSeparateReferences) {
+  for (KernelPath p : supported_paths()) {
+    set_kernel_path(p);
+    for (DType dt : {DType::BF16, DType::I8, DType::F32}) {
+      for (int64_t M : {1, 3, 8, 16, 40}) {
+        const int64_t K = 96, I = 37;
+        TestWeight a(dt, 50, K, 31u), b(dt, 9, K, 32u), g(dt, I, K, 33u), u(dt, I, K, 34u);
+        const auto x = randn(static_cast<size_t>(M * K), 35u);
+        const auto bias = randn(50, 36u);
+        std::vector<float> ya(static_cast<size_t>(M * 50)), yb(static_cast<size_t>(M * 9)), wa(ya.size()), wb(yb.size());
+        const MatmulOut outs[2] = {{&a.view, bias.data(), ya.data()}, {&b.view, nullptr, yb.data()}};
+        matmul_multi(x.data(), M, outs, 2);
+        matmul_ref(x.data(), M, a.view, bias.data(), wa.data());
+        matmul_ref(x.data(), M, b.view, nullptr, wb.data());
+        const std::string what = std::string(kernel_path_name(p)) + " " + dtype_name(dt) + " M=" + std::to_string(M);
+        expect_close(ya, wa, 2e-5, what + " multi[0]");
+        expect_close(yb, wb, 2e-5, what + " multi[1]");
+        std::vector<float> gr(static_cast<size_t>(M * I)), ur(gr.size()), want(gr.size());
+        matmul_ref(x.data(), M, g.view, nullptr, gr.data());
+        matmul_ref(x.data(), M, u.view, nullptr, ur.data());
+        for (size_t i = 0; i < want.size(); ++i) want[i] = static_cast<float>(gr[i] / (1.0 + std::exp(-static_cast<double>(gr[i]))) * ur[i]);
+        std::vector<float> gs(gr.size()), us(gr.size());
+        gate_up_swiglu(x.data(), M, g.view, u.view, gs.data(), us.data(), gs.data());
+        expect_close(gs, want, 2e-5, what + " gate_up_swiglu");
+      }
+    }
+  }
+}
+
 TEST_F(KernelPaths, AttentionMatchesReferenceWithGqaAndLongContext) {
   struct Case { int64_t heads, kv_heads, D, capacity; };
   const Case cases[] = {{4, 2, 8, 9}, {16, 2, 96, 300}, {6, 3, 12, 70}, {3, 1, 20, 130}};

@@ -31,7 +31,7 @@ using namespace parscale;
 struct Opts {
   std::string model_dir, shape, dtype = "bf16", streams = "1,2,4,8", batch = "1", kernels = "auto";
   std::vector<std::string> adapters;
-  int64_t prompt_len = 512, decode_steps = 16, prefill_rows = 4096;
+  int64_t prompt_len = 512, decode_steps = 16, prefill_rows = 4096, repeat = 1;
   int threads = 0;
   bool json = false;
   uint64_t seed = 1234;
@@ -62,7 +62,7 @@ ModelConfig named_shape(const std::string& name) {
   } else if (name == "tiny") {
     c.vocab_size = 1000;
     c.hidden_size = 64;
-    c.intermediate_size = 176;
+    c.intermediate_size = 192;
     c.num_hidden_layers = 2;
     c.num_attention_heads = 4;
     c.num_key_value_heads = 2;
@@ -235,7 +235,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
   app.add_option("--model", o->model_dir, "model folder (its P is used; --streams is ignored)");
   app.add_option("--adapter", o->adapters, "ParScale adapter files for --model");
   app.add_option("--shape", o->shape, "random weights of a named shape: parscale-1.8b, tiny");
-  app.add_option("--dtype", o->dtype, "matrix dtype: bf16, f16, f32, q8 (random shapes); auto|bf16|f16|f32 (--model)")
+  app.add_option("--dtype", o->dtype, "matrix dtype: bf16, f16, f32, q8 (random shapes); auto, bf16, f16, f32, q8 (--model: converted at load)")
       ->check(CLI::IsMember({"auto", "f32", "bf16", "f16", "q8"}));
   app.add_option("--streams", o->streams, "comma-separated P values (random shapes)");
   app.add_option("--batch", o->batch, "comma-separated batch sizes B");
@@ -245,6 +245,9 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
                  "at most this many stream rows (B*P*chunk) per prefill pass; longer prompts go in chunks")
       ->check(CLI::PositiveNumber);
   app.add_option("--threads", o->threads, "worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--repeat", o->repeat,
+                 "measure each (P, B) this many times (fresh session each): best prefill, decode min and median over all steps")
+      ->check(CLI::PositiveNumber);
   app.add_option("--kernels", o->kernels, "kernel path: auto, scalar, avx2, avx512")
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}));
   app.add_option("--seed", o->seed, "seed of the random weights and prompts");
@@ -271,7 +274,6 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       cli::ModelOptions mo;
       mo.model_dir = o->model_dir;
       mo.adapters = o->adapters;
-      if (o->dtype == "q8") throw Error("bench --model: --dtype q8: convert the folder first (parscale convert --dtype q8)");
       mo.dtype = o->dtype;
       mo.threads = o->threads;
       backbone = mo.load();
@@ -291,39 +293,44 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       const ModelCost cost = model_cost(w);
       for (int64_t B : batches) {
         reset_peak_rss();
-        const int64_t max_len = o->prompt_len + o->decode_steps + 1;
-        Session session(w, B, max_len);
-        // Prompts: random ids, fed in chunks of at most prefill_rows stream rows per pass.
-        std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B));
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t t = 0; t < o->prompt_len; ++t)
-            prompts[static_cast<size_t>(b)].push_back(static_cast<int32_t>(
-                (0.5f + 0.5f * uniform_pm1(o->seed + 17, static_cast<uint64_t>(b * o->prompt_len + t))) * static_cast<float>(c.vocab_size - 1)));
-        const int64_t chunk = std::max<int64_t>(1, std::min(o->prompt_len, o->prefill_rows / (B * P)));
-        std::vector<float> logits;
-        const double t0 = now_s();
-        int64_t passes = 0;
-        for (int64_t t0k = 0; t0k < o->prompt_len; t0k += chunk, ++passes) {
-          std::vector<std::vector<int32_t>> chunks(static_cast<size_t>(B));
-          for (int64_t b = 0; b < B; ++b) {
-            const auto& p = prompts[static_cast<size_t>(b)];
-            chunks[static_cast<size_t>(b)].assign(p.begin() + t0k, p.begin() + std::min(o->prompt_len, t0k + chunk));
-          }
-          session.forward(chunks, Session::Outputs::LastPosition, logits);
-        }
-        const double prefill_s = now_s() - t0;
-
-        // Decode: B sequences, one token each per step (the argmax of the previous logits).
-        std::vector<std::vector<int32_t>> step(static_cast<size_t>(B), std::vector<int32_t>(1, 0));
+        double prefill_s = INFINITY;
+        int64_t passes = 0, kv_bytes = 0;
         std::vector<double> step_ms;
-        for (int64_t s = 0; s < o->decode_steps; ++s) {
-          for (int64_t b = 0; b < B; ++b) {
-            const float* r = logits.data() + b * c.vocab_size;
-            step[static_cast<size_t>(b)][0] = static_cast<int32_t>(std::max_element(r, r + c.vocab_size) - r);
+        for (int64_t rep = 0; rep < o->repeat; ++rep) {
+          const int64_t max_len = o->prompt_len + o->decode_steps + 1;
+          Session session(w, B, max_len);
+          // Prompts: random ids, fed in chunks of at most prefill_rows stream rows per pass.
+          std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B));
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t t = 0; t < o->prompt_len; ++t)
+              prompts[static_cast<size_t>(b)].push_back(static_cast<int32_t>(
+                  (0.5f + 0.5f * uniform_pm1(o->seed + 17, static_cast<uint64_t>(b * o->prompt_len + t))) * static_cast<float>(c.vocab_size - 1)));
+          const int64_t chunk = std::max<int64_t>(1, std::min(o->prompt_len, o->prefill_rows / (B * P)));
+          std::vector<float> logits;
+          const double t0 = now_s();
+          passes = 0;
+          for (int64_t t0k = 0; t0k < o->prompt_len; t0k += chunk, ++passes) {
+            std::vector<std::vector<int32_t>> chunks(static_cast<size_t>(B));
+            for (int64_t b = 0; b < B; ++b) {
+              const auto& p = prompts[static_cast<size_t>(b)];
+              chunks[static_cast<size_t>(b)].assign(p.begin() + t0k, p.begin() + std::min(o->prompt_len, t0k + chunk));
+            }
+            session.forward(chunks, Session::Outputs::LastPosition, logits);
           }
-          const double ts = now_s();
-          session.forward(step, Session::Outputs::LastPosition, logits);
-          step_ms.push_back((now_s() - ts) * 1e3);
+          prefill_s = std::min(prefill_s, now_s() - t0);
+
+          // Decode: B sequences, one token each per step (the argmax of the previous logits).
+          std::vector<std::vector<int32_t>> step(static_cast<size_t>(B), std::vector<int32_t>(1, 0));
+          for (int64_t s = 0; s < o->decode_steps; ++s) {
+            for (int64_t b = 0; b < B; ++b) {
+              const float* r = logits.data() + b * c.vocab_size;
+              step[static_cast<size_t>(b)][0] = static_cast<int32_t>(std::max_element(r, r + c.vocab_size) - r);
+            }
+            const double ts = now_s();
+            session.forward(step, Session::Outputs::LastPosition, logits);
+            step_ms.push_back((now_s() - ts) * 1e3);
+          }
+          kv_bytes = session.cache().bytes();
         }
         std::vector<double> sorted = step_ms;
         std::sort(sorted.begin(), sorted.end());
@@ -356,7 +363,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
         row.decode_lb_ms = dec_lb_s * 1e3;
         row.peak_rss_mb = static_cast<double>(proc_status_kb("VmHWM")) / 1024.0;
         row.weights_mb = static_cast<double>(cost.backbone_bytes + cost.head_bytes + cost.agg_bytes) / (1 << 20);
-        row.kv_mb = static_cast<double>(session.cache().bytes()) / (1 << 20);
+        row.kv_mb = static_cast<double>(kv_bytes) / (1 << 20);
         rows.push_back(row);
         if (!o->json) {
           if (rows.size() == 1)

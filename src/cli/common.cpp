@@ -14,8 +14,8 @@ void ModelOptions::add_to(CLI::App& app, bool model_required) {
   auto* m = app.add_option("--model", model_dir, "model folder (config.json + safetensors)");
   if (model_required) m->required();
   app.add_option("--adapter", adapters, "ParScale adapter safetensors (prefixes + aggregation) applied to the backbone");
-  app.add_option("--dtype", dtype, "matrix dtype in memory: auto (as stored), f32, bf16, f16")
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}));
+  app.add_option("--dtype", dtype, "matrix dtype in memory: auto (as stored), f32, bf16, f16, q8 (8-bit, per-32 scales)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16", "q8"}));
   app.add_option("--threads", threads, "worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
 }
 
@@ -25,7 +25,7 @@ ModelWeights ModelOptions::load() const {
   lo.adapter_files = adapters;
   if (dtype != "auto") {
     lo.convert_matrices = true;
-    lo.matrix_dtype = dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : DType::F16;
+    lo.matrix_dtype = dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : dtype == "q8" ? DType::I8 : DType::F16;
   }
   ModelWeights w = load_model(model_dir, lo);
   for (const auto& name : w.unknown_tensors) std::fprintf(stderr, "parscale: warning: unused tensor %s\n", name.c_str());

@@ -14,7 +14,7 @@ namespace parscale::cli {
 struct ModelOptions {
   std::string model_dir;
   std::vector<std::string> adapters;
-  std::string dtype = "auto";  // auto (as stored), f32, bf16, f16
+  std::string dtype = "auto";  // auto (as stored), f32, bf16, f16, q8
   int threads = 0;             // 0 = all cores
   // Adds --model (required unless `model_required` is false), --adapter, --dtype, --threads.
   void add_to(CLI::App& app, bool model_required = true);

@@ -31,7 +31,8 @@ void Session::reset(int64_t b) {
 void Session::forward(const std::vector<std::vector<int32_t>>& chunks, Outputs outputs, std::vector<float>& logits) {
   const ModelConfig& c = w_.config;
   const int64_t P = c.streams(), H = c.hidden_size, V = c.vocab_size, B = batch_;
-  check(static_cast<int64_t>(chunks.size()) == B, "session: forward needs one chunk per sequence");
+  // (an if, not check(): building the message string would allocate on every decode step)
+  if (static_cast<int64_t>(chunks.size()) != B) throw Error("session: forward needs one chunk per sequence");
   // Tokens of one stream, in order (b, t); the full pass holds P copies, stream-major.
   int64_t M = 0;
   for (int64_t b = 0; b < B; ++b) {

@@ -2,6 +2,7 @@
 #include "kernels/dispatch.h"
 
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <memory>
 #include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -19,8 +21,9 @@ namespace parscale::kernels {
 namespace detail {
 
 const KernelTable& scalar_table() {
-  static const KernelTable t{KernelPath::Scalar, matmul_scalar,     attention_scalar, rmsnorm_scalar,
-                             swiglu_scalar,      fma_chains_scalar, 1,                read_sum_scalar};
+  static const KernelTable t{KernelPath::Scalar, matmul_scalar,       attention_scalar,     rmsnorm_scalar,
+                             swiglu_scalar,      fma_chains_scalar,   1,                    read_sum_scalar,
+                             matmul_multi_scalar, gate_up_swiglu_scalar};
   return t;
 }
 
@@ -79,6 +82,17 @@ const KernelTable& active() {
     t = g_active.load(std::memory_order_acquire);
   }
   return *t;
+}
+
+void matmul_multi_scalar(const float* x, int64_t M, const MatmulOut* outs, int count) {
+  for (int i = 0; i < count; ++i) matmul_scalar(x, M, *outs[i].W, outs[i].bias, outs[i].y, false);
+}
+
+void gate_up_swiglu_scalar(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
+                           float* out) {
+  matmul_scalar(x, M, Wg, nullptr, gate, false);
+  matmul_scalar(x, M, Wu, nullptr, up, false);
+  swiglu_scalar(gate, up, out, M * Wg.rows);
 }
 
 float fma_chains_scalar(int64_t iters) {
@@ -143,10 +157,19 @@ double probe_fma_gflops(double seconds) {
 double probe_read_bandwidth(size_t bytes, double seconds) {
   const detail::KernelTable& t = detail::active();
   const int64_t n = static_cast<int64_t>(bytes / sizeof(float));
-  std::unique_ptr<float[]> buf(new float[static_cast<size_t>(n)]);
+  // Anonymous memory with transparent huge pages requested, as the weights get (WeightArena).
+  const size_t huge = size_t{2} << 20, len = static_cast<size_t>(n) * sizeof(float) + huge;
+  void* base = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  check(base != MAP_FAILED, "probe_read_bandwidth: cannot map " + std::to_string(len) + " bytes");
+  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + huge - 1) / huge * huge);
+#ifdef MADV_HUGEPAGE
+  ::madvise(aligned, static_cast<size_t>(n) * sizeof(float), MADV_HUGEPAGE);
+#endif
+  std::unique_ptr<void, std::function<void(void*)>> unmap(base, [len](void* p) { ::munmap(p, len); });
+  float* buf_ptr = aligned;
   // First touch by the threads that read it (page placement), values that cannot be denormal.
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) buf[static_cast<size_t>(i)] = 1.0f;
+  for (int64_t i = 0; i < n; ++i) buf_ptr[i] = 1.0f;
   double best = 0.0;
   const auto start = std::chrono::steady_clock::now();
   do {
@@ -157,7 +180,7 @@ double probe_read_bandwidth(size_t bytes, double seconds) {
       const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
       const int64_t per = (n + nt - 1) / nt;
       const int64_t b = std::min(n, id * per), e = std::min(n, b + per);
-      acc += t.read_sum(buf.get() + b, e - b);
+      acc += t.read_sum(buf_ptr + b, e - b);
     }
     volatile float sink = acc;
     (void)sink;
@@ -206,6 +229,15 @@ void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, f
 
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y) {
   detail::active().matmul(x, M, W, nullptr, y, true);
+}
+
+void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
+  if (count < 0 || count > 8) throw Error("matmul_multi: at most 8 outputs");  // (no string built per call)
+  detail::active().matmul_multi(x, M, outs, count);
+}
+
+void gate_up_swiglu(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up, float* out) {
+  detail::active().gate_up_swiglu(x, M, Wg, Wu, gate, up, out);
 }
 
 void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,

@@ -20,6 +20,9 @@ struct KernelTable {
   float (*fma_chains)(int64_t iters);
   int64_t fma_lanes;
   float (*read_sum)(const float* p, int64_t n);
+  void (*matmul_multi)(const float* x, int64_t M, const MatmulOut* outs, int count);
+  void (*gate_up_swiglu)(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
+                         float* out);
 };
 
 const KernelTable& scalar_table();
@@ -36,6 +39,9 @@ void attention_scalar(const float* q, int64_t N, int64_t n_heads, const int32_t*
 void rmsnorm_scalar(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps);
 void swiglu_scalar(const float* gate, const float* up, float* out, int64_t n);
 float fma_chains_scalar(int64_t iters);
+void matmul_multi_scalar(const float* x, int64_t M, const MatmulOut* outs, int count);
+void gate_up_swiglu_scalar(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
+                           float* out);
 float read_sum_scalar(const float* p, int64_t n);
 
 }  // namespace parscale::kernels::detail

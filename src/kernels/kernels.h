@@ -38,6 +38,19 @@ void matmul_ref(const float* x, int64_t M, const WeightView& W, const float* bia
 // y[M, N] += x[M, K] · W[N, K]^T (the residual add fused into the matmul).
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y);
 
+// Several matmuls of the same x in one pass (one parallel region; e.g. q, k, v):
+// outs[i].y [M, W_i.rows] = x · W_i^T + outs[i].bias (bias may be null). At most 8 outputs.
+struct MatmulOut {
+  const WeightView* W = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+};
+void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count);
+
+// The MLP's first half: out[M, I] = silu(x · Wg^T) * (x · Wu^T). gate and up [M, I] are scratch
+// (paths may skip them: the decode path fuses SwiGLU into the tiles); out may alias gate.
+void gate_up_swiglu(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up, float* out);
+
 // Row r of W converted to fp32 (dst has W.cols floats). Used for embedding lookups.
 void weight_row_f32(const WeightView& W, int64_t r, float* dst);
 

@@ -51,15 +51,16 @@ void qwen2_layer_forward(const ModelWeights& w, int64_t l, KVCache& cache, const
                          int64_t N, float* x, ForwardWorkspace& ws) {
   const ModelConfig& c = w.config;
   const LayerWeights& L = w.layers[static_cast<size_t>(l)];
-  const int64_t H = c.hidden_size, KD = c.kv_dim(), D = c.head_dim, I = c.intermediate_size;
+  const int64_t H = c.hidden_size, KD = c.kv_dim(), D = c.head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
   kernels::KVLayer kv = cache.layer(l);
 
   // Attention block: x += o_proj(attn(rope(q), rope(k), v)) of rmsnorm(x).
   kernels::rmsnorm(x, L.input_norm, ws.xn.data(), N, H, eps);
-  kernels::matmul(ws.xn.data(), N, L.q_proj, L.q_bias, ws.q.data());
-  kernels::matmul(ws.xn.data(), N, L.k_proj, L.k_bias, ws.k.data());
-  kernels::matmul(ws.xn.data(), N, L.v_proj, L.v_bias, ws.v.data());
+  const kernels::MatmulOut qkv[3] = {{&L.q_proj, L.q_bias, ws.q.data()},
+                                     {&L.k_proj, L.k_bias, ws.k.data()},
+                                     {&L.v_proj, L.v_bias, ws.v.data()}};
+  kernels::matmul_multi(ws.xn.data(), N, qkv, 3);
   kernels::rope_apply(ws.q.data(), N, c.num_attention_heads, D, ws.cos_t.data(), ws.sin_t.data());
   kernels::rope_apply(ws.k.data(), N, c.num_key_value_heads, D, ws.cos_t.data(), ws.sin_t.data());
   for (int64_t i = 0; i < N; ++i) {
@@ -79,9 +80,7 @@ void qwen2_layer_forward(const ModelWeights& w, int64_t l, KVCache& cache, const
   kernels::rmsnorm(x, L.post_norm, ws.xn.data(), N, H, eps);
   for (int64_t m0 = 0; m0 < N; m0 += kMlpRows) {
     const int64_t mc = std::min(kMlpRows, N - m0);
-    kernels::matmul(ws.xn.data() + m0 * H, mc, L.gate_proj, nullptr, ws.gate.data());
-    kernels::matmul(ws.xn.data() + m0 * H, mc, L.up_proj, nullptr, ws.up.data());
-    kernels::swiglu(ws.gate.data(), ws.up.data(), ws.gate.data(), mc * I);
+    kernels::gate_up_swiglu(ws.xn.data() + m0 * H, mc, L.gate_proj, L.up_proj, ws.gate.data(), ws.up.data(), ws.gate.data());
     kernels::matmul_add(ws.gate.data(), mc, L.down_proj, x + m0 * H);
   }
 }
