@@ -102,9 +102,12 @@ void print_single(const ModelShape& shape, const Workload& w, const Hardware& hw
               t.decode_kv_cache_s * 1e3, t.aggregation_s * 1e3, t.lm_head_correction_s * 1e3,
               e.latency_s * 1e3);
   if (measured) {
-    std::printf("\n%-12s %14s %14s\n", "", "predicted", "measured");
-    std::printf("%-12s %14.4f %14.4f GiB\n", "memory", e.memory_bytes / kGiB, measured->memory_bytes / kGiB);
-    std::printf("%-12s %14.3f %14.3f ms\n", "latency", e.latency_s * 1e3, measured->latency_s * 1e3);
+    std::printf("\n");
+    std::printf("%-12s %14s %14s %14s\n", "", "predicted", "measured", "measured/pred");
+    std::printf("%-12s %14.4f %14.4f %14.3f   GiB\n", "memory", e.memory_bytes / kGiB, measured->memory_bytes / kGiB,
+                measured->memory_bytes / e.memory_bytes);
+    std::printf("%-12s %14.3f %14.3f %14.3f   ms\n", "latency", e.latency_s * 1e3, measured->latency_s * 1e3,
+                measured->latency_s / e.latency_s);
     std::printf("(measured by %s)\n", measured->source.c_str());
   }
 }
@@ -151,7 +154,8 @@ int run_single(const CostOpts& o) {
                      {"note", hw.note}};
     if (measured)
       j["measured"] = {{"memory_bytes", measured->memory_bytes}, {"latency_s", measured->latency_s},
-                       {"source", measured->source}};
+                       {"memory_ratio", measured->memory_bytes / e.memory_bytes},
+                       {"latency_ratio", measured->latency_s / e.latency_s}, {"source", measured->source}};
     std::cout << j.dump(2) << "\n";
   } else {
     print_single(shape, w, hw, e, measured);

@@ -1,0 +1,236 @@
+#include "engine/benchmark.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+
+#include "core/error.h"
+#include "engine/session.h"
+#include "kernels/kernels.h"
+
+namespace parscale::bench {
+
+namespace {
+// Counter-based uniform values in [-1, 1): the same for any thread count, fast, no state.
+inline float uniform_pm1(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + i * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<float>(static_cast<int64_t>(z >> 40) - (int64_t{1} << 23)) * (1.0f / static_cast<float>(1 << 23));
+}
+
+struct RandomFactory {
+  DType dtype;  // matrix dtype; DType::I8 = q8 (block 32)
+  uint64_t seed;
+  ModelWeights* w;
+  uint64_t next = 1;
+  std::shared_ptr<WeightArena> arena = std::make_shared<WeightArena>();
+  RandomFactory(DType d, uint64_t s, ModelWeights* mw) : dtype(d), seed(s), w(mw) { w->owned.push_back(arena); }
+
+  WeightView matrix(int64_t rows, int64_t cols, float stddev) {
+    const uint64_t s = seed * 1000003ull + next++;
+    const float a = stddev * std::sqrt(3.0f);
+    const int64_t n = rows * cols;
+    WeightView v{dtype, nullptr, rows, cols};
+    uint8_t* buf = arena->allocate(static_cast<size_t>(n) * dtype_size(dtype));
+    v.data = buf;
+    if (dtype == DType::I8) {
+      constexpr int64_t block = 32;
+      check(cols % block == 0, "random q8 weights need cols divisible by 32");
+      float* scales = reinterpret_cast<float*>(arena->allocate(static_cast<size_t>(rows * (cols / block)) * sizeof(float)));
+      int8_t* q = reinterpret_cast<int8_t*>(buf);
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::lround(127.0f * uniform_pm1(s, static_cast<uint64_t>(i))));
+      for (int64_t i = 0; i < rows * (cols / block); ++i) scales[i] = a / 127.0f;
+      v.scales = scales;
+      v.block = block;
+      return v;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < n; c0 += 4096) {
+      float tmp[4096];
+      const int64_t m = std::min<int64_t>(4096, n - c0);
+      for (int64_t i = 0; i < m; ++i) tmp[i] = a * uniform_pm1(s, static_cast<uint64_t>(c0 + i));
+      convert_from_f32(dtype, tmp, buf + c0 * dtype_size(dtype), static_cast<size_t>(m));
+    }
+    return v;
+  }
+  const float* vec(int64_t n, float center, float spread) {
+    const uint64_t s = seed * 1000003ull + next++;
+    auto buf = std::shared_ptr<float[]>(new float[static_cast<size_t>(n)]);
+    for (int64_t i = 0; i < n; ++i) buf[static_cast<size_t>(i)] = center + spread * uniform_pm1(s, static_cast<uint64_t>(i));
+    w->owned.push_back(buf);
+    return buf.get();
+  }
+};
+
+int64_t view_bytes(const WeightView& v) {
+  int64_t b = v.rows * v.cols * static_cast<int64_t>(dtype_size(v.dtype));
+  if (v.dtype == DType::I8) b += v.rows * (v.cols / v.block) * 4;
+  return b;
+}
+int64_t view_params(const WeightView& v) { return v.rows * v.cols; }
+
+int64_t proc_status_kb(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const std::string k = std::string(key) + ":";
+  while (std::getline(in, line))
+    if (line.rfind(k, 0) == 0) return std::stoll(line.substr(k.size()));
+  return -1;
+}
+
+}  // namespace
+
+ModelConfig named_shape(const std::string& name) {
+  ModelConfig c;
+  c.model_type = "qwen2_parscale";
+  if (name == "parscale-1.8b") {
+    c.vocab_size = 151936;
+    c.hidden_size = 1536;
+    c.intermediate_size = 8320;
+    c.num_hidden_layers = 36;
+    c.num_attention_heads = 16;
+    c.num_key_value_heads = 2;
+    c.head_dim = 96;
+    c.tie_word_embeddings = true;
+    c.rope_theta = 1000000.0;
+  } else if (name == "tiny") {
+    c.vocab_size = 1000;
+    c.hidden_size = 64;
+    c.intermediate_size = 192;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 16;
+    c.tie_word_embeddings = true;
+  } else {
+    throw Error("--shape: unknown shape \"" + name + "\" (known: parscale-1.8b, tiny)");
+  }
+  c.max_position_embeddings = 32768;
+  c.parscale_n_tokens = 48;
+  return c;
+}
+
+// The backbone (shared by every P) and, per P, random prefixes and aggregation on top of it.
+ModelWeights random_backbone(const ModelConfig& c, DType dtype, uint64_t seed) {
+  ModelWeights w;
+  w.config = c;
+  w.config.parscale_n = 1;
+  RandomFactory f{dtype, seed, &w};
+  const int64_t H = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KD = c.kv_dim();
+  w.embed_tokens = f.matrix(c.vocab_size, H, 0.02f);
+  w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (auto& L : w.layers) {
+    L.input_norm = f.vec(H, 1.0f, 0.1f);
+    L.post_norm = f.vec(H, 1.0f, 0.1f);
+    L.q_proj = f.matrix(QD, H, 0.02f);
+    L.k_proj = f.matrix(KD, H, 0.02f);
+    L.v_proj = f.matrix(KD, H, 0.02f);
+    L.o_proj = f.matrix(H, QD, 0.02f);
+    L.q_bias = f.vec(QD, 0.0f, 0.05f);
+    L.k_bias = f.vec(KD, 0.0f, 0.05f);
+    L.v_bias = f.vec(KD, 0.0f, 0.05f);
+    L.gate_proj = f.matrix(I, H, 0.02f);
+    L.up_proj = f.matrix(I, H, 0.02f);
+    L.down_proj = f.matrix(H, I, 0.02f);
+  }
+  w.final_norm = f.vec(H, 1.0f, 0.1f);
+  w.lm_head = w.embed_tokens;
+  w.tied = true;
+  return w;
+}
+
+ModelWeights with_streams(const ModelWeights& backbone, int64_t P, uint64_t seed) {
+  ModelWeights w = backbone;  // views + shared ownership of the backbone buffers
+  w.config.parscale_n = P;
+  if (P == 1) return w;
+  const ModelConfig& c = w.config;
+  RandomFactory f{DType::F32, seed * 7919 + static_cast<uint64_t>(P), &w};
+  const int64_t H = c.hidden_size, prefix = P * c.num_key_value_heads * c.parscale_n_tokens * c.head_dim;
+  for (auto& L : w.layers) {
+    L.prefix_k = f.vec(prefix, 0.0f, 1.0f);
+    L.prefix_v = f.vec(prefix, 0.0f, 1.0f);
+  }
+  w.aggregate0 = {DType::F32, f.vec(H * P * H, 0.0f, 0.02f), H, P * H};
+  w.aggregate0_bias = f.vec(H, 0.0f, 0.02f);
+  w.aggregate2 = {DType::F32, f.vec(P * H, 0.0f, 0.02f), P, H};
+  w.aggregate2_bias = f.vec(P, 0.0f, 0.02f);
+  return w;
+}
+
+ModelCost model_cost(const ModelWeights& w) {
+  ModelCost c;
+  for (const auto& L : w.layers)
+    for (const WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
+      c.backbone_bytes += view_bytes(*v);
+      c.backbone_params += view_params(*v);
+    }
+  c.head_bytes = view_bytes(w.lm_head);
+  c.head_params = view_params(w.lm_head);
+  if (w.config.streams() > 1) {
+    c.agg_bytes = view_bytes(w.aggregate0) + view_bytes(w.aggregate2);
+    c.agg_params = view_params(w.aggregate0) + view_params(w.aggregate2);
+  }
+  return c;
+}
+
+int64_t peak_rss_bytes() { return proc_status_kb("VmHWM") * 1024; }
+
+void reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+}
+
+double now_seconds() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+RunResult run(const ModelWeights& w, const RunOptions& o) {
+  const ModelConfig& c = w.config;
+  const int64_t B = o.batch, P = c.streams();
+  RunResult res;
+  res.prefill_s = INFINITY;
+  for (int64_t rep = 0; rep < o.repeat; ++rep) {
+    const int64_t max_len = o.prompt_len + o.decode_steps + 1;
+    Session session(w, B, max_len);
+    // Prompts: random ids, fed in chunks of at most prefill_rows stream rows per pass.
+    std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < o.prompt_len; ++t)
+        prompts[static_cast<size_t>(b)].push_back(static_cast<int32_t>(
+            (0.5f + 0.5f * uniform_pm1(o.seed + 17, static_cast<uint64_t>(b * o.prompt_len + t))) * static_cast<float>(c.vocab_size - 1)));
+    const int64_t chunk = std::max<int64_t>(1, std::min(o.prompt_len, o.prefill_rows / (B * P)));
+    std::vector<float> logits;
+    const double t0 = now_seconds();
+    res.passes = 0;
+    for (int64_t t0k = 0; t0k < o.prompt_len; t0k += chunk, ++res.passes) {
+      std::vector<std::vector<int32_t>> chunks(static_cast<size_t>(B));
+      for (int64_t b = 0; b < B; ++b) {
+        const auto& p = prompts[static_cast<size_t>(b)];
+        chunks[static_cast<size_t>(b)].assign(p.begin() + t0k, p.begin() + std::min(o.prompt_len, t0k + chunk));
+      }
+      session.forward(chunks, Session::Outputs::LastPosition, logits);
+    }
+    res.prefill_s = std::min(res.prefill_s, now_seconds() - t0);
+
+    // Decode: B sequences, one token each per step (the argmax of the previous logits).
+    std::vector<std::vector<int32_t>> step(static_cast<size_t>(B), std::vector<int32_t>(1, 0));
+    for (int64_t s = 0; s < o.decode_steps; ++s) {
+      for (int64_t b = 0; b < B; ++b) {
+        const float* r = logits.data() + b * c.vocab_size;
+        step[static_cast<size_t>(b)][0] = static_cast<int32_t>(std::max_element(r, r + c.vocab_size) - r);
+      }
+      const double ts = now_seconds();
+      session.forward(step, Session::Outputs::LastPosition, logits);
+      res.step_ms.push_back((now_seconds() - ts) * 1e3);
+    }
+    res.kv_bytes = session.cache().bytes();
+  }
+  return res;
+}
+
+}  // namespace parscale::bench
