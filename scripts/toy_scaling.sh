@@ -6,14 +6,15 @@
 # in the same order with identical step counts, on the demo corpus and tokenizer
 # (scripts/python_corpus.sh). Held-out loss of each on the same held-out tokens, then
 # `parscale fit`. Writes data/scaling/toy_python.csv and docs/figures/toy_fit.svg.
-# Environment: PARSCALE=build/parscale, THREADS=1, STEPS=160 (x 8 sequences x 256 tokens).
+# Environment: PARSCALE=build/parscale, THREADS=1, STEPS=320, BATCH=4 (sequences of 256 tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-build/toy-scaling}
 bin=${PARSCALE:-build/parscale}
 threads=${THREADS:-1}
-steps=${STEPS:-160}
-seq=256 batch=8 prefix=16 vocab=4096 heads=4 kv_heads=2
+steps=${STEPS:-320}
+batch=${BATCH:-4}
+seq=256 prefix=16 vocab=4096 heads=4 kv_heads=2
 csv=data/scaling/toy_python.csv
 mkdir -p "$work"
 [ -f "$work/corpus/train.bin" ] || scripts/python_corpus.sh "$work/corpus" "$bin"
@@ -36,7 +37,7 @@ non_embedding() {  # H I layers P
 echo "# Toy-scale ParScale runs (scripts/toy_scaling.sh): Python stdlib corpus, $steps steps x $batch x $seq tokens each," > "$csv.tmp"
 echo "# N = non-embedding parameters incl. ParScale ones, loss = held-out cross-entropy (nats/token)" >> "$csv.tmp"
 echo "N,P,loss,hidden,intermediate,layers,train_tokens,seconds" >> "$csv.tmp"
-for shape in "64 176 4" "128 352 3" "160 432 4"; do
+for shape in "64 176 3" "128 352 3" "192 512 3"; do
   set -- $shape; h=$1 i=$2 l=$3
   for p in 1 2 4; do
     name=h${h}_l${l}_p$p
