@@ -81,7 +81,50 @@ TEST(DemoModel, HeldOutLossMatchesRecordedAndFallsBelowUniform) {
   }
 }
 
+// `tokenize --file --out` writes a token file whose tokens are exactly what `perplexity --file`
+// tokenizes by itself: the two give the same token count and loss.
+TEST(DemoModel, TokenFileEqualsTextPath) {
+  test::TempDir tmp;
+  const fs::path sample = demo() / "heldout_sample.py.txt", bin_file = tmp.path / "sample.bin";
+  std::string out, err;
+  ASSERT_EQ(test::run_command(bin() + " tokenize --tokenizer " + (demo() / "tokenizer.json").string() + " --file " +
+                                  sample.string() + " --out " + bin_file.string(),
+                              &out, &err),
+            0)
+      << err;
+  std::string via_text, via_tokens;
+  ASSERT_EQ(test::run_command(bin() + " perplexity --model " + demo().string() + " --file " + sample.string() +
+                                  " --seq-len 256 --json",
+                              &via_text, &err),
+            0)
+      << err;
+  ASSERT_EQ(test::run_command(bin() + " perplexity --model " + demo().string() + " --tokens " + bin_file.string() +
+                                  " --seq-len 256 --json",
+                              &via_tokens, &err),
+            0)
+      << err;
+  const json a = json::parse(via_text), b = json::parse(via_tokens);
+  EXPECT_EQ(a["tokens"], b["tokens"]);
+  EXPECT_DOUBLE_EQ(a["loss"].get<double>(), b["loss"].get<double>());
+  // Header: magic, version 1, header size 32, n tokens, vocabulary 4096.
+  std::ifstream in(bin_file, std::ios::binary);
+  char magic[8];
+  uint32_t version = 0, header = 0;
+  uint64_t n = 0, vocab = 0;
+  in.read(magic, 8);
+  in.read(reinterpret_cast<char*>(&version), 4);
+  in.read(reinterpret_cast<char*>(&header), 4);
+  in.read(reinterpret_cast<char*>(&n), 8);
+  in.read(reinterpret_cast<char*>(&vocab), 8);
+  EXPECT_EQ(std::string(magic, 8), "PSTOKEN1");
+  EXPECT_EQ(version, 1u);
+  EXPECT_EQ(header, 32u);
+  EXPECT_EQ(vocab, 4096u);
+  EXPECT_EQ(fs::file_size(bin_file), 32 + 4 * n);
+}
+
 TEST(DemoModel, GeneratesValidText) {
+  std::vector<std::vector<int32_t>> ids_of_p;
   for (int p : {1, 4}) {
     std::string out, err;
     ASSERT_EQ(test::run_command(bin() + " generate --model " + demo().string() + adapter_arg(p) +
@@ -95,9 +138,24 @@ TEST(DemoModel, GeneratesValidText) {
     EXPECT_EQ(ids.size(), 40u) << "P = " << p;
     for (int32_t id : ids) EXPECT_TRUE(id >= 0 && id < 4096) << id;
     EXPECT_TRUE(valid_utf8(text)) << text;
-    // A model of Python source continues a `def` line with an indented body.
-    EXPECT_NE(text.find("\n    "), std::string::npos) << "P = " << p << ": " << text;
+    // The text is the detokenization of the ids.
+    std::string dec;
+    ASSERT_EQ(test::run_command(bin() + " detokenize --model " + demo().string() + " --ids " + [&] {
+                std::string a;
+                for (size_t i = 0; i < ids.size(); ++i) a += (i ? "," : "") + std::to_string(ids[i]);
+                return a;
+              }(), &dec, &err), 0) << err;
+    EXPECT_EQ(dec, text);
+    // A model of Python source continues a `def` line with Python: some keyword or `self` appears
+    // (a random model of this vocabulary almost never emits one in 40 tokens).
+    bool pythonic = false;
+    for (const char* kw : {"return", "if ", "self", "def ", "import", "None", "for ", "raise"})
+      pythonic = pythonic || text.find(kw) != std::string::npos;
+    EXPECT_TRUE(pythonic) << "P = " << p << ": " << text;
+    ids_of_p.push_back(ids);
   }
+  // The P = 4 adapter changes the predictions (its streams and aggregation are applied).
+  EXPECT_NE(ids_of_p[0], ids_of_p[1]);
 }
 
 }  // namespace
