@@ -142,7 +142,10 @@ TEST(DemoModel, GeneratesValidText) {
     std::string dec;
     ASSERT_EQ(test::run_command(bin() + " detokenize --model " + demo().string() + " --ids " + [&] {
                 std::string a;
-                for (size_t i = 0; i < ids.size(); ++i) a += (i ? "," : "") + std::to_string(ids[i]);
+                for (size_t i = 0; i < ids.size(); ++i) {
+                  if (i) a += ',';
+                  a += std::to_string(ids[i]);
+                }
                 return a;
               }(), &dec, &err), 0) << err;
     EXPECT_EQ(dec, text);
