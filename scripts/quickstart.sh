@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds Release and runs the main job: text generation with the
-# bundled ParScale model (no download).
+# Installs dependencies, builds Release and runs the main job: Python code generation with the
+# bundled demo model (models/demo, trained from scratch by this repository's trainer on Debian's
+# Python standard library) run as P = 4 parallel streams through its adapter. No download.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh build
-MODEL=${PARSCALE_DEMO_MODEL:-tests/fixtures/models/ps4_t7_f32_tied_sharded}
-echo "== parscale generate --model $MODEL (P = 4 streams)"
-build/parscale generate --model "$MODEL" --ids 5,17,3,9 --max-tokens 16 --temperature 0 --ignore-eos --stats
+MODEL=${PARSCALE_DEMO_MODEL:-models/demo}
+ADAPTER=${PARSCALE_DEMO_ADAPTER:-models/demo/adapter-p4.safetensors}
+PROMPT=${PARSCALE_DEMO_PROMPT:-def fibonacci(n):}
+echo "== parscale generate --model $MODEL --adapter $ADAPTER (P = 4 streams)"
+build/parscale generate --model "$MODEL" --adapter "$ADAPTER" --prompt "$PROMPT" \
+    --max-tokens 80 --temperature 0.7 --top-k 40 --seed 1 --stats

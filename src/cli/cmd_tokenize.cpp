@@ -11,11 +11,13 @@
 #include "cli/registry.h"
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
+#include "train/data.h"
 
 namespace {
 
 struct Opts {
-  std::string model, tokenizer, text, bench;
+  std::string model, tokenizer, text, bench, out;
+  std::vector<std::string> files;
   bool json = false, no_special = false, text_given = false;
   double bench_seconds = 2.0;
 };
@@ -58,6 +60,8 @@ parscale::cli::RegisterCommand reg(
       auto* file = app.add_option("--tokenizer", o->tokenizer, "path of a tokenizer.json");
       model->excludes(file);
       app.add_option("--text", o->text, "text to encode (default: read stdin)");
+      app.add_option("--file", o->files, "text file(s) to encode, concatenated in the order given (instead of --text/stdin)");
+      app.add_option("--out", o->out, "write the ids as a token file (PSTOKEN1, docs/TRAINING.md) instead of printing them");
       app.add_flag("--json", o->json, "print one JSON array of ids and nothing else");
       app.add_flag("--no-special", o->no_special,
                    "treat special tokens in the text as plain text (untrusted input)");
@@ -70,8 +74,26 @@ parscale::cli::RegisterCommand reg(
                                           : parscale::Tokenizer::from_model_dir(o->model);
         if (!o->bench.empty()) return run_bench(tok, *o);
         const bool has_text = app.count("--text") > 0;
-        const std::string text = has_text ? o->text : read_all(std::cin);
+        parscale::check(!(has_text && !o->files.empty()), "tokenize: give --text or --file, not both");
+        std::string text;
+        if (!o->files.empty()) {
+          for (const auto& path : o->files) {
+            std::ifstream in(path, std::ios::binary);
+            parscale::check(static_cast<bool>(in), "tokenize: cannot open --file " + path);
+            text += read_all(in);
+          }
+        } else {
+          text = has_text ? o->text : read_all(std::cin);
+        }
         const auto ids = tok.encode(text, !o->no_special);
+        if (!o->out.empty()) {
+          // Token files hold u32 ids; the header records the tokenizer's vocabulary size.
+          std::vector<int32_t> ids32(ids.begin(), ids.end());
+          parscale::train::write_token_file(o->out, ids32, tok.vocab_size());
+          std::fprintf(stderr, "tokenize: %zu bytes -> %zu tokens (%.2f bytes/token) -> %s\n", text.size(), ids.size(),
+                       ids.empty() ? 0.0 : static_cast<double>(text.size()) / static_cast<double>(ids.size()), o->out.c_str());
+          return 0;
+        }
         std::string out = o->json ? "[" : "";
         for (size_t i = 0; i < ids.size(); ++i) {
           if (i) out += o->json ? "," : " ";
