@@ -99,6 +99,7 @@ int run_text(const Opts& o) {
     std::fwrite(tail.data(), 1, tail.size(), stdout);
     std::fputc('\n', stdout);
   }
+  std::fflush(stdout);  // the text ends before the stop / stats lines on stderr
   report_stops(r, w);
   if (o.stats) print_stats(r);
   return 0;
