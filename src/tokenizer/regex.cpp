@@ -34,9 +34,12 @@ ThreadMatchState& thread_match_state() {
 }
 
 std::string pcre2_message(int code) {
-  PCRE2_UCHAR buffer[256];
-  pcre2_get_error_message(code, buffer, sizeof buffer);
-  return reinterpret_cast<const char*>(buffer);
+  PCRE2_UCHAR buffer[256] = {0};
+  // Returns the message length, or a negative value (unknown code, or truncated) in which case
+  // the buffer may hold nothing usable: fall back to the number.
+  const int n = pcre2_get_error_message(code, buffer, sizeof buffer);
+  if (n < 0) return "PCRE2 error " + std::to_string(code);
+  return std::string(reinterpret_cast<const char*>(buffer), static_cast<size_t>(n)) + " (PCRE2 error " + std::to_string(code) + ")";
 }
 
 }  // namespace
