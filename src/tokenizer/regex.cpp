@@ -130,9 +130,13 @@ void SplitRegex::split_isolated(std::string_view text,
   const size_t n = text.size();
   size_t pos = 0, last = 0;  // search position; end of the last range emitted
   while (pos < n) {
-    const int rc = jit_ ? pcre2_jit_match(code, subject, n, pos, 0, data.md, state.context)
-                        : pcre2_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK, data.md,
-                                      state.context);
+    int rc = jit_ ? pcre2_jit_match(code, subject, n, pos, 0, data.md, state.context)
+                  : pcre2_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK, data.md, state.context);
+    if (jit_ && rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
+      // The JIT could not run this match (e.g. its stack could not be had or grown): the
+      // interpreter computes the same match with heap memory.
+      rc = pcre2_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, data.md, nullptr);
+    }
     if (rc == PCRE2_ERROR_NOMATCH) break;
     check(rc >= 0, "regex: match failed: " + pcre2_message(rc));
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.md);
