@@ -42,7 +42,7 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
   app.add_flag("--quiet", o->quiet, "no prompts or banners (for scripts)");
   return [o]() -> int {
     using namespace parscale;
-    Tokenizer tok = o->tokenizer.empty() ? Tokenizer::from_model_dir(o->model.model_dir) : Tokenizer::from_file(o->tokenizer);
+    Tokenizer tok = cli::load_tokenizer(o->model.model_dir, o->tokenizer, "chat");
     if (!tok.has_chat_template()) throw Error("chat: the tokenizer has no chat_template (tokenizer_config.json)");
     ModelWeights w = o->model.load();
     o->gen.sampling.validate();

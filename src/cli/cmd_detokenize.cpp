@@ -5,6 +5,7 @@
 #include <iterator>
 #include <memory>
 
+#include "cli/common.h"
 #include "cli/registry.h"
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
@@ -49,10 +50,7 @@ parscale::cli::RegisterCommand reg(
       app.add_option("--ids", o->ids, "comma-separated ids (default: read stdin)");
       app.add_flag("--skip-special", o->skip_special, "leave special tokens out of the text");
       return [o, &app]() -> int {
-        parscale::check(!o->model.empty() || !o->tokenizer.empty(),
-                        "detokenize: give --model DIR or --tokenizer FILE");
-        const auto tok = o->model.empty() ? parscale::Tokenizer::from_file(o->tokenizer)
-                                          : parscale::Tokenizer::from_model_dir(o->model);
+        const auto tok = parscale::cli::load_tokenizer(o->model, o->tokenizer, "detokenize");
         const std::string input = app.count("--ids") > 0
                                       ? o->ids
                                       : std::string(std::istreambuf_iterator<char>(std::cin),

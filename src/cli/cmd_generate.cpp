@@ -43,7 +43,7 @@ void print_stats(const parscale::GenerateResult& r) {
 // --prompt TEXT: tokenize, generate, stream the text to stdout as tokens arrive.
 int run_text(const Opts& o) {
   using namespace parscale;
-  Tokenizer tok = o.tokenizer.empty() ? Tokenizer::from_model_dir(o.model.model_dir) : Tokenizer::from_file(o.tokenizer);
+  Tokenizer tok = cli::load_tokenizer(o.model.model_dir, o.tokenizer, "generate");
   std::string text = o.prompt;
   if (!o.messages.empty()) {
     if (!tok.has_chat_template()) throw Error("--messages: the tokenizer has no chat_template (tokenizer_config.json)");

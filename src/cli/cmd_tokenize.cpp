@@ -8,6 +8,7 @@
 #include <memory>
 #include <sstream>
 
+#include "cli/common.h"
 #include "cli/registry.h"
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
@@ -68,10 +69,7 @@ parscale::cli::RegisterCommand reg(
       app.add_option("--bench", o->bench, "benchmark: encode this file repeatedly and print MB/s");
       app.add_option("--bench-seconds", o->bench_seconds, "benchmark duration (default 2)");
       return [o, &app]() -> int {
-        parscale::check(!o->model.empty() || !o->tokenizer.empty(),
-                        "tokenize: give --model DIR or --tokenizer FILE");
-        const auto tok = o->model.empty() ? parscale::Tokenizer::from_file(o->tokenizer)
-                                          : parscale::Tokenizer::from_model_dir(o->model);
+        const auto tok = parscale::cli::load_tokenizer(o->model, o->tokenizer, "tokenize");
         if (!o->bench.empty()) return run_bench(tok, *o);
         const bool has_text = app.count("--text") > 0;
         parscale::check(!(has_text && !o->files.empty()), "tokenize: give --text or --file, not both");

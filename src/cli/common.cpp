@@ -46,6 +46,12 @@ void add_sampling_options(CLI::App& app, SamplingParams& p) {
   app.add_option("--seed", p.seed, "random seed for sampling");
 }
 
+Tokenizer load_tokenizer(const std::string& model_dir, const std::string& tokenizer_file, const std::string& command) {
+  if (!tokenizer_file.empty()) return Tokenizer::from_file(tokenizer_file);
+  check(!model_dir.empty(), command + ": give --model DIR or --tokenizer FILE");
+  return Tokenizer::from_model_dir(model_dir);
+}
+
 std::vector<int64_t> eos_ids_for(const ModelConfig& config, const Tokenizer& tokenizer) {
   std::vector<int64_t> eos = config.eos_token_ids;
   for (int32_t e : tokenizer.eos_ids())

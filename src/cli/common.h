@@ -28,6 +28,10 @@ void add_sampling_options(CLI::App& app, SamplingParams& p);
 // The model's eos ids plus the tokenizer's end-of-turn ids (e.g. <|im_end|>), without repeats.
 std::vector<int64_t> eos_ids_for(const ModelConfig& config, const Tokenizer& tokenizer);
 
+// The tokenizer a command uses: `tokenizer_file` (a tokenizer.json) when given, else
+// MODEL_DIR/tokenizer.json; throws naming `command` when neither is given.
+Tokenizer load_tokenizer(const std::string& model_dir, const std::string& tokenizer_file, const std::string& command);
+
 // "5,17,3" -> {5, 17, 3}; throws parscale::Error naming the option on bad input.
 std::vector<int32_t> parse_id_list(const std::string& text, const std::string& option);
 
