@@ -27,7 +27,7 @@
 namespace parscale {
 
 struct Backbone;
-class Adapter;
+struct Adapter;
 
 // Failures of submit(), with a kind a frontend maps to a status (HTTP 400 / 429 / 503).
 class EngineError : public std::runtime_error {
