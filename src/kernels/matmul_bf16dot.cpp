@@ -55,7 +55,7 @@ inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
 // xb[m, 0 .. Kp) = bf16(x[m, 0 .. K)), zero padded to Kp (a multiple of 32).
 void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb) {
-#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 16))
+#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 20))
   for (int64_t m = 0; m < M; ++m) {
     const float* s = x + m * K;
     uint16_t* d = xb + m * Kp;
@@ -77,9 +77,11 @@ void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb
 // Partial sums of MRr x rows by NR weight rows over k in [k0, k0 + kc) (kc a multiple of 32 except
 // at the padded end). acc carries over chunks in accbuf[m * lda + j * 16]; on the last chunk
 // y[m * ldy + j] += hsum for j < nr. w[j] points at weight row j (rows past nr repeat a valid row).
+// pf: prefetch distance in bf16 elements (0: none); decode streams the weights from DRAM once, so
+// each row's line pf elements ahead (the same columns NR rows further down) is requested early.
 template <int MRr>
 void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0, int64_t kend, int64_t K,
-           float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr) {
+           float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
   __m512 acc[MRr][NR];
 #pragma GCC unroll 8
   for (int m = 0; m < MRr; ++m)
@@ -93,6 +95,7 @@ void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0
     for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(w[j] + k + pf), _MM_HINT_T0);
       const __m512bh wv = as_bh(_mm512_loadu_si512(w[j] + k));
 #pragma GCC unroll 8
       for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
@@ -122,20 +125,25 @@ void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0
 }
 
 void micro_rows(int mr, const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0, int64_t kend, int64_t K,
-                float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr) {
+                float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
   switch (mr) {
-    case 1: micro<1>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr); break;
-    case 2: micro<2>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr); break;
-    case 3: micro<3>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr); break;
-    case 4: micro<4>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr); break;
+    case 1: micro<1>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 2: micro<2>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 3: micro<3>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 4: micro<4>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
     default: break;
   }
 }
 
 // y[M, N] += xb[M, Kp] · W[N, K]^T (xb: bf16 rows zero padded to Kp). Threads take tiles of NB
 // weight rows; the tile's K chunk stays in L1 while every block of MB x rows passes over it.
+// Decode (M <= kDecodeRows): the whole K in one chunk, weights prefetched NR rows ahead. (The
+// chunking changes no arithmetic: the partial sums carry over, so results are the same.)
+constexpr int64_t kDecodeRows = 32;
 void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
   const int64_t N = Wt.rows, K = Wt.cols;
+  const bool decode = M <= kDecodeRows;
+  const int64_t kchunk = decode ? Kp : KC, pf = decode ? NR * K : 0;
   const uint16_t* wdata = static_cast<const uint16_t*>(Wt.data);
   const int64_t n_tiles = (N + NB - 1) / NB;
   constexpr int64_t lda = NB * kLanes;
@@ -147,8 +155,8 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
       const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
       for (int64_t m0 = 0; m0 < M; m0 += MB) {
         const int64_t mb = std::min(MB, M - m0);
-        for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
-          const int64_t kend = std::min(Kp, k0 + KC);
+        for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
+          const int64_t kend = std::min(Kp, k0 + kchunk);
           const bool first = k0 == 0, last = kend >= Kp;
           for (int64_t j = 0; j < nr; j += NR) {
             const int64_t nrj = std::min<int64_t>(NR, nr - j);
@@ -157,7 +165,7 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
             for (int64_t m = m0; m < m0 + mb; m += MR) {
               const int mr = static_cast<int>(std::min<int64_t>(MR, m0 + mb - m));
               micro_rows(mr, xb + m * Kp, Kp, w, k0, kend, K, accbuf + (m - m0) * lda + j * kLanes, lda, first, last,
-                         y + m * N + n0 + j, N, nrj);
+                         y + m * N + n0 + j, N, nrj, pf);
             }
           }
         }
