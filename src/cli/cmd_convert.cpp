@@ -56,6 +56,8 @@ Source find_source(const ModelWeights& w, const std::string& n) {
   if (suf == "self_attn.q_proj.bias") return {nullptr, L.q_bias};
   if (suf == "self_attn.k_proj.bias") return {nullptr, L.k_bias};
   if (suf == "self_attn.v_proj.bias") return {nullptr, L.v_bias};
+  if (suf == "self_attn.q_norm.weight") return {nullptr, L.q_norm};
+  if (suf == "self_attn.k_norm.weight") return {nullptr, L.k_norm};
   if (suf == "self_attn.prefix_k") return {nullptr, L.prefix_k};
   if (suf == "self_attn.prefix_v") return {nullptr, L.prefix_v};
   if (suf == "mlp.gate_proj.weight") return {&L.gate_proj, nullptr};

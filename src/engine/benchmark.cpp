@@ -100,6 +100,19 @@ ModelConfig named_shape(const std::string& name) {
     c.head_dim = 96;
     c.tie_word_embeddings = true;
     c.rope_theta = 1000000.0;
+  } else if (name == "qwen3-1.7b") {  // Qwen3-1.7B: q_dim 2048 = hidden, per-head q/k norm, no biases
+    c.model_type = "qwen3_parscale";
+    c.vocab_size = 151936;
+    c.hidden_size = 2048;
+    c.intermediate_size = 6144;
+    c.num_hidden_layers = 28;
+    c.num_attention_heads = 16;
+    c.num_key_value_heads = 8;
+    c.head_dim = 128;
+    c.tie_word_embeddings = true;
+    c.rope_theta = 1000000.0;
+    c.attention_bias = false;
+    c.qk_norm = true;
   } else if (name == "tiny") {
     c.vocab_size = 1000;
     c.hidden_size = 64;
@@ -110,7 +123,7 @@ ModelConfig named_shape(const std::string& name) {
     c.head_dim = 16;
     c.tie_word_embeddings = true;
   } else {
-    throw Error("--shape: unknown shape \"" + name + "\" (known: parscale-1.8b, tiny)");
+    throw Error("--shape: unknown shape \"" + name + "\" (known: parscale-1.8b, qwen3-1.7b, tiny)");
   }
   c.max_position_embeddings = 32768;
   c.parscale_n_tokens = 48;
@@ -133,9 +146,15 @@ ModelWeights random_backbone(const ModelConfig& c, DType dtype, uint64_t seed) {
     L.k_proj = f.matrix(KD, H, 0.02f);
     L.v_proj = f.matrix(KD, H, 0.02f);
     L.o_proj = f.matrix(H, QD, 0.02f);
-    L.q_bias = f.vec(QD, 0.0f, 0.05f);
-    L.k_bias = f.vec(KD, 0.0f, 0.05f);
-    L.v_bias = f.vec(KD, 0.0f, 0.05f);
+    if (c.attention_bias) {
+      L.q_bias = f.vec(QD, 0.0f, 0.05f);
+      L.k_bias = f.vec(KD, 0.0f, 0.05f);
+      L.v_bias = f.vec(KD, 0.0f, 0.05f);
+    }
+    if (c.qk_norm) {
+      L.q_norm = f.vec(c.head_dim, 1.0f, 0.1f);
+      L.k_norm = f.vec(c.head_dim, 1.0f, 0.1f);
+    }
     L.gate_proj = f.matrix(I, H, 0.02f);
     L.up_proj = f.matrix(I, H, 0.02f);
     L.down_proj = f.matrix(H, I, 0.02f);

@@ -17,12 +17,16 @@ std::vector<TensorSpec> model_tensor_specs(const ModelConfig& c) {
     auto n = [&](const char* suffix) { return layer_tensor_name(l, suffix); };
     s.push_back({n("input_layernorm.weight"), {H}, G::Backbone, K::Norm});
     s.push_back({n("self_attn.q_proj.weight"), {QD, H}, G::Backbone, K::Matrix});
-    s.push_back({n("self_attn.q_proj.bias"), {QD}, G::Backbone, K::Bias});
+    if (c.attention_bias) s.push_back({n("self_attn.q_proj.bias"), {QD}, G::Backbone, K::Bias});
     s.push_back({n("self_attn.k_proj.weight"), {KD, H}, G::Backbone, K::Matrix});
-    s.push_back({n("self_attn.k_proj.bias"), {KD}, G::Backbone, K::Bias});
+    if (c.attention_bias) s.push_back({n("self_attn.k_proj.bias"), {KD}, G::Backbone, K::Bias});
     s.push_back({n("self_attn.v_proj.weight"), {KD, H}, G::Backbone, K::Matrix});
-    s.push_back({n("self_attn.v_proj.bias"), {KD}, G::Backbone, K::Bias});
+    if (c.attention_bias) s.push_back({n("self_attn.v_proj.bias"), {KD}, G::Backbone, K::Bias});
     s.push_back({n("self_attn.o_proj.weight"), {H, QD}, G::Backbone, K::Matrix});
+    if (c.qk_norm) {
+      s.push_back({n("self_attn.q_norm.weight"), {c.head_dim}, G::Backbone, K::Norm});
+      s.push_back({n("self_attn.k_norm.weight"), {c.head_dim}, G::Backbone, K::Norm});
+    }
     if (c.parscale_n > 1) {
       const std::vector<int64_t> pshape{c.parscale_n, c.num_key_value_heads, c.parscale_n_tokens, c.head_dim};
       s.push_back({n("self_attn.prefix_k"), pshape, G::ParScale, K::Prefix});

@@ -213,7 +213,7 @@ void apply_adapter_metadata(ModelConfig& c, const TensorStore& adapter, const st
   } catch (const std::invalid_argument&) {
     throw Error(file + ": adapter metadata holds a non-numeric ParScale field");
   }
-  c.model_type = "qwen2_parscale";
+  c.model_type = c.parscale_model_type();
   c.validate(file);
 }
 
@@ -248,9 +248,15 @@ ModelWeights load_weights(const ModelConfig& config_in, std::shared_ptr<TensorSt
     lw.k_proj = L.matrix(n("self_attn.k_proj.weight"), true);
     lw.v_proj = L.matrix(n("self_attn.v_proj.weight"), true);
     lw.o_proj = L.matrix(n("self_attn.o_proj.weight"), true);
-    lw.q_bias = L.vector_f32(n("self_attn.q_proj.bias"));
-    lw.k_bias = L.vector_f32(n("self_attn.k_proj.bias"));
-    lw.v_bias = L.vector_f32(n("self_attn.v_proj.bias"));
+    if (c.attention_bias) {
+      lw.q_bias = L.vector_f32(n("self_attn.q_proj.bias"));
+      lw.k_bias = L.vector_f32(n("self_attn.k_proj.bias"));
+      lw.v_bias = L.vector_f32(n("self_attn.v_proj.bias"));
+    }
+    if (c.qk_norm) {
+      lw.q_norm = L.vector_f32(n("self_attn.q_norm.weight"));
+      lw.k_norm = L.vector_f32(n("self_attn.k_norm.weight"));
+    }
     lw.gate_proj = L.matrix(n("mlp.gate_proj.weight"), true);
     lw.up_proj = L.matrix(n("mlp.up_proj.weight"), true);
     lw.down_proj = L.matrix(n("mlp.down_proj.weight"), true);
@@ -324,9 +330,15 @@ ModelWeights weights_from_parameters(const ParameterSet& p) {
     lw.k_proj = mat(n("self_attn.k_proj.weight"), KD, H);
     lw.v_proj = mat(n("self_attn.v_proj.weight"), KD, H);
     lw.o_proj = mat(n("self_attn.o_proj.weight"), H, QD);
-    lw.q_bias = vec(n("self_attn.q_proj.bias"));
-    lw.k_bias = vec(n("self_attn.k_proj.bias"));
-    lw.v_bias = vec(n("self_attn.v_proj.bias"));
+    if (c.attention_bias) {
+      lw.q_bias = vec(n("self_attn.q_proj.bias"));
+      lw.k_bias = vec(n("self_attn.k_proj.bias"));
+      lw.v_bias = vec(n("self_attn.v_proj.bias"));
+    }
+    if (c.qk_norm) {
+      lw.q_norm = vec(n("self_attn.q_norm.weight"));
+      lw.k_norm = vec(n("self_attn.k_norm.weight"));
+    }
     lw.gate_proj = mat(n("mlp.gate_proj.weight"), I, H);
     lw.up_proj = mat(n("mlp.up_proj.weight"), I, H);
     lw.down_proj = mat(n("mlp.down_proj.weight"), H, I);
@@ -399,6 +411,8 @@ ParameterSet parameters_from_weights(const ModelWeights& w) {
       else if (suf == "self_attn.q_proj.bias") copy(lw.q_bias);
       else if (suf == "self_attn.k_proj.bias") copy(lw.k_bias);
       else if (suf == "self_attn.v_proj.bias") copy(lw.v_bias);
+      else if (suf == "self_attn.q_norm.weight") copy(lw.q_norm);
+      else if (suf == "self_attn.k_norm.weight") copy(lw.k_norm);
       else if (suf == "self_attn.prefix_k") copy(lw.prefix_k);
       else if (suf == "self_attn.prefix_v") copy(lw.prefix_v);
       else if (suf == "mlp.gate_proj.weight") view_to_f32(lw.gate_proj, v.data());

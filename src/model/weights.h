@@ -19,9 +19,11 @@ struct LayerWeights {
   const float* input_norm = nullptr;  // [H]
   const float* post_norm = nullptr;   // [H]
   WeightView q_proj, k_proj, v_proj, o_proj;  // [QD,H], [KD,H], [KD,H], [H,QD]
-  const float* q_bias = nullptr;  // [QD]
-  const float* k_bias = nullptr;  // [KD]
-  const float* v_bias = nullptr;  // [KD]
+  const float* q_bias = nullptr;  // [QD], null unless config.attention_bias
+  const float* k_bias = nullptr;  // [KD], null unless config.attention_bias
+  const float* v_bias = nullptr;  // [KD], null unless config.attention_bias
+  const float* q_norm = nullptr;  // [D] per-head RMSNorm of q, null unless config.qk_norm
+  const float* k_norm = nullptr;  // [D] per-head RMSNorm of k, null unless config.qk_norm
   WeightView gate_proj, up_proj, down_proj;  // [I,H], [I,H], [H,I]
   const float* prefix_k = nullptr;  // [P, KVH, T, D] fp32, P > 1 only
   const float* prefix_v = nullptr;  // [P, KVH, T, D]
