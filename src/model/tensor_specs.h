@@ -28,8 +28,9 @@ struct TensorSpec {
   }
 };
 
-// All tensors of the model in a fixed order: embed_tokens, per layer (attention: q/k/v/o, q/k/v
-// biases when attention_bias, q_norm/k_norm [head_dim] when qk_norm; prefixes when P > 1; mlp, norms), final norm, aggregate_layer (P > 1), lm_head (untied only).
+// All tensors of the model in a fixed order: embed_tokens, per layer (input norm, q/k/v/o with
+// q/k/v biases when attention_bias, q_norm/k_norm [head_dim] when qk_norm, prefixes when P > 1,
+// post-attention norm, mlp), final norm, aggregate_layer (P > 1), lm_head (untied only).
 std::vector<TensorSpec> model_tensor_specs(const ModelConfig& c);
 
 // HF names of layer tensors, e.g. layer_tensor_name(3, "self_attn.q_proj.weight").
