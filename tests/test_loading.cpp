@@ -175,6 +175,39 @@ TEST(Loading, BadConfigFields) {
   expect_load_error(dir, {"prefix_k", "has shape [2, 2, 1, 8]", "expected [3, 2, 1, 8]"});
 }
 
+TEST(Loading, BadQwen3Configs) {
+  test::TempDir tmp;
+  auto dir = copy_fixture(tmp, "qwen3ps2_t3_bf16_tied_d16");
+  const json good = test::read_json(dir / "config.json");
+  auto with = [&](const std::function<void(json&)>& f) {
+    json j = good;
+    f(j);
+    write_bytes(dir / "config.json", j.dump());
+  };
+  with([](json& j) { j["use_sliding_window"] = true; });
+  expect_load_error(dir, {"config.json", "use_sliding_window", "not supported"});
+  with([](json& j) { j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}}; });
+  expect_load_error(dir, {"config.json", "unsupported rope_scaling"});
+  with([](json& j) { j["attention_bias"] = "no"; });
+  expect_load_error(dir, {"config.json", "'attention_bias'", "true or false"});
+  with([](json& j) { j["head_dim"] = 15; });
+  expect_load_error(dir, {"config.json", "head_dim must be even"});
+  // head_dim absent: Qwen3's default is 128 (not hidden / heads), so the tensors no longer fit.
+  with([](json& j) { j.erase("head_dim"); });
+  expect_load_error(dir, {"q_proj.weight", "expected [512, 32]"});
+  // attention_bias true needs the bias tensors; the ParScale type needs parscale_n > 1 tensors.
+  with([](json& j) { j["attention_bias"] = true; });
+  expect_load_error(dir, {"missing tensor 'model.layers.0.self_attn.q_proj.bias'"});
+  with([](json& j) { j["model_type"] = "qwen3"; });  // P > 1 fields on a plain qwen3 type
+  expect_load_error(dir, {"config.json", "needs model_type \"qwen3_parscale\""});
+  with([](json& j) { j["model_type"] = "qwen2_parscale"; });  // Qwen2 block: biases expected, no q/k norm
+  expect_load_error(dir, {"missing tensor", "q_proj.bias"});
+  // A Qwen3 checkpoint without its q/k norm weights.
+  with([](json&) {});
+  edit_header(dir / "model.safetensors", [](json& h) { h.erase("model.layers.1.self_attn.k_norm.weight"); });
+  expect_load_error(dir, {"missing tensor 'model.layers.1.self_attn.k_norm.weight'", "expected shape [16]"});
+}
+
 TEST(Loading, ShardIndexErrors) {
   test::TempDir tmp;
   auto dir = copy_fixture(tmp, "ps4_t7_f32_tied_sharded");

@@ -120,6 +120,35 @@ TEST_F(TextModel, ChatResetStartsOver) {
   EXPECT_EQ(b, abc + "\n" + hello + "\n");
 }
 
+TEST(Qwen3Chat, EnableThinkingReachesTheTemplate) {
+  // A tiny random Qwen3 model with the Qwen3 tokenizer: --enable-thinking false appends the empty
+  // think block to the generation prompt; true (the default) renders as HF's default.
+  test::TempDir tmp;
+  const std::string model = (tmp.path / "model").string();
+  const fs::path cfg = tmp.path / "config.json";
+  std::ofstream(cfg) << json{{"model_type", "qwen3"}, {"vocab_size", 151936}, {"hidden_size", 16},
+                             {"intermediate_size", 32}, {"num_hidden_layers", 1}, {"num_attention_heads", 2},
+                             {"num_key_value_heads", 1}, {"head_dim", 8}, {"max_position_embeddings", 128},
+                             {"tie_word_embeddings", true}}
+                                .dump();
+  std::string out, err;
+  ASSERT_EQ(test::run_command(bin() + " init --config " + cfg.string() + " --out " + model + " --seed 1", &out, &err), 0) << err;
+  const fs::path tok = test::fixtures_dir() / "tokenizers" / "qwen3";
+  fs::copy_file(tok / "tokenizer.json", fs::path(model) / "tokenizer.json");
+  fs::copy_file(tok / "tokenizer_config.json", fs::path(model) / "tokenizer_config.json");
+  auto prompt_ids = [&](const std::string& extra) {
+    std::string o, e;
+    EXPECT_EQ(test::run_command(bin() + " generate --model " + model + " --chat --prompt hi --max-tokens 1 --temperature 0 --json" + extra, &o, &e), 0) << e;
+    return json::parse(o)["prompt_ids"].get<std::vector<int32_t>>();
+  };
+  const auto thinking = prompt_ids(""), on = prompt_ids(" --enable-thinking true"), off = prompt_ids(" --enable-thinking false");
+  EXPECT_EQ(thinking, on);
+  auto expected = on;
+  // "<think>\n\n</think>\n\n" in the Qwen3 tokenizer, as HF renders it (tokenizers/qwen3/chat.json).
+  for (int32_t id : {151667, 271, 151668, 271}) expected.push_back(id);
+  EXPECT_EQ(off, expected);
+}
+
 TEST_F(TextModel, VocabularyMismatchIsAnError) {
   std::string out, err;
   EXPECT_EQ(test::run_command(bin() + " generate --model " + (test::fixtures_dir() / "models" / "ps2_t1_f32_untied").string() +

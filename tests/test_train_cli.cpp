@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -17,6 +18,7 @@
 #include <thread>
 
 #include "engine/session.h"
+#include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "model/weights.h"
 #include "train/data.h"
@@ -336,6 +338,44 @@ TEST(TrainCli, AdapterTrainingExportAndPerplexity) {
   EXPECT_EQ(n, static_cast<int64_t>(toks.size()) - 1);
   EXPECT_NEAR(j["loss"].get<double>(), sum / n, 1e-6);
   EXPECT_NEAR(j["perplexity"].get<double>(), std::exp(sum / n), 1e-5);
+}
+
+TEST(TrainCli, Qwen3PrefixReparamResumesAndFoldsIntoThePrefixes) {
+  // A Qwen3 backbone, P = 2 streams trained through the prefix reparameterization: the run resumes
+  // bitwise (the reparameterization tensors and moments are in the checkpoint), the adapter holds
+  // plain prefixes that differ from the initial ones, and backbone + adapter == export.
+  TempDir d;
+  const std::string backbone = kFixtures + "train/train_qwen3_p1_untied_f32";
+  const std::string data = make_tokens(d, 600, 64, 5);
+  const std::string base = " --streams 2 --prefix-tokens 3 --prefix-reparam 4 --seed 3";
+  ASSERT_EQ(run(train_cmd(backbone, data, d / "full", base)), 0);
+  ASSERT_EQ(run(train_cmd(backbone, data, d / "split", base + " --max-steps 5")), 0);
+  ASSERT_EQ(run(train_cmd(backbone, data, d / "split", base + " --resume")), 0);
+  EXPECT_EQ(slurp(d / "full/train_log.jsonl"), slurp(d / "split/train_log.jsonl"));
+  EXPECT_EQ(slurp(d / "full/adapter.safetensors"), slurp(d / "split/adapter.safetensors"));
+  auto ckpt = TensorStore::open_files({d / "full/checkpoint.safetensors"});
+  EXPECT_NE(ckpt->find("adam_v/reparam.layers.1.mlp.2.weight"), nullptr);
+  EXPECT_EQ(ckpt->find("param/model.layers.0.self_attn.prefix_k"), nullptr);  // set by the MLP, not trained directly
+  EXPECT_EQ(ckpt->metadata().at("prefix_reparam"), "4");
+  // Resuming without the option is refused (the run identity differs).
+  EXPECT_NE(run("(" + train_cmd(backbone, data, d / "split", " --streams 2 --prefix-tokens 3 --seed 3 --resume") + " 2>" +
+                (d / "err.txt") + ")"), 0);
+  EXPECT_NE(slurp(d / "err.txt").find("prefix_reparam = 4, this run has 0"), std::string::npos) << slurp(d / "err.txt");
+  // The adapter's prefixes moved away from the initial ones (init's, same seed).
+  ASSERT_EQ(run(kBin + " init --model " + backbone + " --streams 2 --prefix-tokens 3 --seed 3 --adapter-out " + (d / "init.safetensors")), 0);
+  auto init = TensorStore::open_files({d / "init.safetensors"});
+  auto trained = TensorStore::open_files({d / "full/adapter.safetensors"});
+  const TensorInfo* a = init->find("model.layers.1.self_attn.prefix_v");
+  const TensorInfo* b = trained->find("model.layers.1.self_attn.prefix_v");
+  ASSERT_TRUE(a && b);
+  ASSERT_EQ(a->nbytes, b->nbytes);
+  EXPECT_NE(std::memcmp(a->data, b->data, a->nbytes), 0);
+  ASSERT_EQ(run(kBin + " export --model " + backbone + " --adapter " + (d / "full/adapter.safetensors") + " --out " + (d / "exp")), 0);
+  EXPECT_EQ(nlohmann::json::parse(slurp(d / "exp/config.json"))["model_type"], "qwen3_parscale");
+  LoadOptions lo;
+  lo.adapter_files = {d / "full/adapter.safetensors"};
+  const std::vector<int32_t> ids = {3, 1, 4, 1, 5, 9, 2, 6};
+  EXPECT_EQ(session_logits(load_model(backbone, lo), ids), session_logits(load_model(d / "exp"), ids));
 }
 
 TEST(TrainCli, ClearErrors) {

@@ -4,13 +4,17 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <type_traits>
 
+#include "core/error.h"
 #include "engine/session.h"
 #include "model/weights.h"
+#include "io/safetensors.h"
+#include "train/prefix_reparam.h"
 #include "train/train_model.h"
 
 using namespace parscale;
@@ -80,7 +84,69 @@ TEST_P(TrainGolden, LossAndGradients) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TrainGolden,
                          ::testing::Values("train_p1_tied_f32", "train_p2_t3_untied_f32", "train_p3_t5_smooth0_f32",
-                                           "train_p4_t2_tied_bf16"));
+                                           "train_p4_t2_tied_bf16", "train_qwen3_p1_untied_f32",
+                                           "train_qwen3_p2_t3_tied_f32", "train_qwen3_p4_t2_bias_bf16"));
+
+// The prefix reparameterization (train/prefix_reparam.h): with the fixture's reparameterization
+// tensors, the folded prefixes, the loss and the gradients of every reparameterization tensor
+// (prefix gradients of the frozen-backbone pass pushed through the MLP) match the reference.
+class ReparamGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ReparamGolden, FoldedPrefixesLossAndGradients) {
+  const std::string dir = fixture("train/" + GetParam());
+  const json golden = read_json(dir + "/train_golden.json");
+  ASSERT_TRUE(golden.contains("reparam"));
+  const json& rg = golden["reparam"];
+  ParameterSet p = parameters_from_weights(load_model(dir));
+  train::PrefixReparam rp(p, rg["dim"].get<int64_t>(), 1);
+  auto store = TensorStore::open_files({dir + "/reparam.safetensors"});
+  ParameterSet& rset = rp.parameters();
+  for (size_t i = 0; i < rset.specs.size(); ++i) {
+    const TensorInfo* t = store->find(rset.specs[i].name);
+    ASSERT_NE(t, nullptr) << rset.specs[i].name;
+    ASSERT_EQ(t->shape, rset.specs[i].shape) << rset.specs[i].name;
+    ASSERT_EQ(t->dtype, DType::F32);
+    std::memcpy(rset.values[i].data(), t->data, rset.values[i].size() * sizeof(float));
+  }
+  EXPECT_EQ(store->tensors().size(), rset.specs.size());
+  rp.materialize(p);
+  for (const auto& [name, ref] : rg["prefixes"].items()) {
+    const auto* v = p.find(name);
+    ASSERT_NE(v, nullptr) << name;
+    const auto r = ref.get<std::vector<double>>();
+    ASSERT_EQ(v->size(), r.size());
+    for (size_t j = 0; j < r.size(); ++j) ASSERT_NEAR((*v)[j], r[j], 1e-5 + 1e-5 * std::abs(r[j])) << name << "[" << j << "]";
+  }
+  std::vector<int32_t> ids;
+  for (const auto& seq : golden["batch"]) for (int v : seq) ids.push_back(v);
+  const int64_t B = static_cast<int64_t>(golden["batch"].size()), L = static_cast<int64_t>(golden["batch"][0].size());
+  const float scale = 1.0f / static_cast<float>(B * (L - 1));
+  train::TrainModel model(p);
+  auto g = train::Gradients::for_mask(p.specs, train::trainable_mask(p.specs, train::TrainMode::ParScale));
+  const double loss = model.forward_backward(ids.data(), B, L, scale, &g) * scale;
+  EXPECT_NEAR(loss, rg["loss"].get<double>(), 2e-6);
+  auto rgrad = train::Gradients::for_mask(rset.specs, std::vector<bool>(rset.specs.size(), true));
+  rp.backward(g, rgrad);
+  expect_grads(rset, rgrad, rg["grads"], GetParam() + "/reparam");
+}
+
+TEST(Reparam, StartsAtTheBasePrefixes) {
+  // W2 = b2 = 0 at initialisation: materialize() reproduces the prefixes it started from.
+  ParameterSet p = parameters_from_weights(load_model(fixture("train/train_p2_t3_untied_f32")));
+  const ParameterSet before = p;
+  train::PrefixReparam rp(p, 4, 7);
+  for (auto& v : p.values) for (float& x : v) x += 1.0f;  // materialize must restore only the prefixes
+  rp.materialize(p);
+  for (size_t i = 0; i < p.specs.size(); ++i) {
+    const bool prefix = p.specs[i].kind == ParamKind::Prefix;
+    for (size_t j = 0; j < p.values[i].size(); ++j)
+      ASSERT_EQ(p.values[i][j], before.values[i][j] + (prefix ? 0.0f : 1.0f)) << p.specs[i].name;
+  }
+  EXPECT_THROW(train::PrefixReparam(parameters_from_weights(load_model(fixture("train/train_p1_tied_f32"))), 4, 0), Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ReparamGolden,
+                         ::testing::Values("train_qwen3_p2_t3_tied_f32", "train_qwen3_p4_t2_bias_bf16"));
 
 class TrainForwardEqualsSession : public ::testing::TestWithParam<std::string> {};
 
@@ -106,7 +172,9 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, TrainForwardEqualsSession,
                          ::testing::Values("train/train_p1_tied_f32", "train/train_p2_t3_untied_f32",
                                            "train/train_p4_t2_tied_bf16", "models/ps3_t5_f16_untied_gqa3",
                                            "models/ps4_defaults_bf16_mqa", "models/ps2_smooth0_kvnull_f32",
-                                           "models/ps3_t2_bf16_untied_d12", "models/qwen2_untied_bf16_gqa3"));
+                                           "models/ps3_t2_bf16_untied_d12", "models/qwen2_untied_bf16_gqa3",
+                                           "train/train_qwen3_p2_t3_tied_f32", "models/qwen3_untied_f16_bias_d16",
+                                           "models/qwen3ps4_t5_bf16_untied_sharded"));
 
 TEST(TrainModel, CannotBeBuiltFromATemporaryParameterSet) {
   // The model keeps a reference to its parameters: a temporary would dangle right away.

@@ -1,4 +1,4 @@
-// `parscale bench (--model DIR | --shape parscale-1.8b|tiny) [--dtype bf16] [--streams 1,2,4,8]
+// `parscale bench (--model DIR | --shape parscale-1.8b|qwen3-1.7b|tiny) [--dtype bf16] [--streams 1,2,4,8]
 //                 [--batch 1,4] [--prompt-len 512] [--decode-steps 16] [--threads N] [--json]`
 // Measures, for each (P, B): prefill tokens/s, decode ms per step (min and median over the steps)
 // and tokens/s, peak resident memory, and the roofline lower bound from this machine's streaming
@@ -63,7 +63,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model_dir, "model folder (its P is used; --streams is ignored)");
   app.add_option("--adapter", o->adapters, "ParScale adapter files for --model");
-  app.add_option("--shape", o->shape, "random weights of a named shape: parscale-1.8b, tiny");
+  app.add_option("--shape", o->shape, "random weights of a named shape: parscale-1.8b, qwen3-1.7b, tiny");
   app.add_option("--dtype", o->dtype, "matrix dtype: bf16, f16, f32, q8 (random shapes); auto, bf16, f16, f32, q8 (--model: converted at load)")
       ->check(CLI::IsMember({"auto", "f32", "bf16", "f16", "q8"}));
   app.add_option("--streams", o->streams, "comma-separated P values (random shapes)");

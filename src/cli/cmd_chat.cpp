@@ -21,6 +21,7 @@ struct Opts {
   parscale::cli::ModelOptions model;
   std::string tokenizer;
   std::string system;
+  bool enable_thinking = true;  // the chat template's enable_thinking (Qwen3); true = HF's default
   int64_t context = 4096;
   parscale::GenerateOptions gen;
   bool quiet = false;
@@ -35,6 +36,9 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
   o->model.add_to(app);
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model folder's)");
   app.add_option("--system", o->system, "system message (default: the template's own rule)");
+  app.add_option("--enable-thinking", o->enable_thinking,
+                 "the chat template's enable_thinking variable (Qwen3: false skips the <think> block)")
+      ->capture_default_str();
   app.add_option("--context", o->context, "tokens of conversation kept in the KV cache (capped by max_position_embeddings)")
       ->check(CLI::PositiveNumber);
   app.add_option("--max-tokens", o->gen.max_tokens, "maximum tokens per reply")->check(CLI::PositiveNumber);
@@ -71,7 +75,7 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
       }
       if (line.empty()) continue;
       history.push_back({"user", line});
-      std::vector<int32_t> ids = tok.encode(tok.apply_chat_template(history, true), /*parse_special=*/true);
+      std::vector<int32_t> ids = tok.encode(tok.apply_chat_template(history, true, {{"enable_thinking", o->enable_thinking}}), /*parse_special=*/true);
       // Reuse the cached prefix when the rendering extends it; else start over.
       size_t common = 0;
       while (common < cached.size() && common < ids.size() && cached[common] == ids[common]) ++common;

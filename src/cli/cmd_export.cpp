@@ -1,6 +1,6 @@
 // `parscale export --model DIR [--adapter F] --out DIR2 [--dtype f32|bf16]`: writes a full HF-layout
-// checkpoint (upstream tensor names and shapes; config qwen2_parscale with the parscale fields when
-// P > 1) that upstream's Python code loads.
+// checkpoint (upstream tensor names and shapes; config qwen2_parscale — qwen3_parscale on a Qwen3
+// backbone — with the parscale fields when P > 1) that upstream's Python code loads (Qwen2).
 #include <cstdio>
 #include <memory>
 

@@ -20,6 +20,7 @@ struct Opts {
   std::string prompt;
   std::string tokenizer;
   bool chat = false;
+  bool enable_thinking = true;  // the chat template's enable_thinking (Qwen3); true = HF's default
   std::string messages;
   bool parse_special = true;
   parscale::GenerateOptions gen;
@@ -63,10 +64,11 @@ int run_text(const Opts& o) {
         throw Error(o.messages + ": message " + std::to_string(i) + " needs string fields \"role\" and \"content\"");
       msgs.push_back({j[i]["role"].get<std::string>(), j[i]["content"].get<std::string>()});
     }
-    text = tok.apply_chat_template(msgs, /*add_generation_prompt=*/true);
+    text = tok.apply_chat_template(msgs, /*add_generation_prompt=*/true, {{"enable_thinking", o.enable_thinking}});
   } else if (o.chat) {
     if (!tok.has_chat_template()) throw Error("--chat: the tokenizer has no chat_template (tokenizer_config.json)");
-    text = tok.apply_chat_template({{"user", o.prompt}}, /*add_generation_prompt=*/true);
+    text = tok.apply_chat_template({{"user", o.prompt}}, /*add_generation_prompt=*/true,
+                                   {{"enable_thinking", o.enable_thinking}});
   }
   std::vector<int32_t> ids = tok.encode(text, o.parse_special);
   if (ids.empty()) throw Error("--prompt: the prompt encodes to no tokens");
@@ -116,6 +118,9 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
   app.add_flag("--chat", o->chat, "wrap --prompt as one user turn with the tokenizer's chat template");
   auto* messages = app.add_option("--messages", o->messages,
                                   "JSON file with a conversation [{\"role\": ..., \"content\": ...}, ...], rendered with the chat template");
+  app.add_option("--enable-thinking", o->enable_thinking,
+                 "the chat template's enable_thinking variable (Qwen3: false skips the <think> block)")
+      ->capture_default_str();
   messages->excludes(ids);
   messages->excludes(prompt);
   app.add_flag("!--no-special", o->parse_special, "treat special-token text in --prompt as plain text");

@@ -51,7 +51,7 @@ parscale::cli::RegisterCommand reg("init", "make a ParScale model from a P = 1 b
       }
       ModelConfig c = ModelConfig::from_json(j, o->config);
       if (o->streams > 1) {
-        c.model_type = "qwen2_parscale";
+        c.model_type = c.parscale_model_type();
         c.parscale_n = o->streams;
         c.parscale_n_tokens = o->prefix_tokens;
         c.parscale_attn_smooth = o->smooth;

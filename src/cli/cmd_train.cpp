@@ -85,6 +85,11 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
   app.add_option("--eval-every", t.eval_every, "steps between evaluations (0: at the end only)")->capture_default_str();
   app.add_option("--eval-sequences", t.eval_sequences, "held-out sequences per evaluation")->capture_default_str();
   app.add_option("--checkpoint-every", t.checkpoint_every, "steps between checkpoints (0: at the end only)")->capture_default_str();
+  app.add_option("--prefix-reparam", t.prefix_reparam_dim,
+                 "train the prefixes through an embedding of this dimension and a per-layer MLP (0: train them directly); "
+                 "folded into plain prefixes when saved")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_flag("--resume", t.resume, "continue from --out/checkpoint.safetensors");
   app.add_option("--save-dtype", o->save_dtype, "dtype of saved model files with --train all: f32 or bf16")
       ->check(CLI::IsMember({"f32", "bf16"}));

@@ -115,6 +115,19 @@ ModelConfig named_shape(const std::string& name) {
     c.head_dim = 96;
     c.tie_word_embeddings = true;
     c.rope_theta = 1000000.0;
+  } else if (name == "qwen3-1.7b") {  // Qwen3-1.7B: q_dim 2048 = hidden, per-head q/k norm, no biases
+    c.model_type = "qwen3_parscale";
+    c.vocab_size = 151936;
+    c.hidden_size = 2048;
+    c.intermediate_size = 6144;
+    c.num_hidden_layers = 28;
+    c.num_attention_heads = 16;
+    c.num_key_value_heads = 8;
+    c.head_dim = 128;
+    c.tie_word_embeddings = true;
+    c.rope_theta = 1000000.0;
+    c.attention_bias = false;
+    c.qk_norm = true;
   } else if (name == "tiny") {
     c.vocab_size = 1000;
     c.hidden_size = 64;
@@ -125,7 +138,7 @@ ModelConfig named_shape(const std::string& name) {
     c.head_dim = 16;
     c.tie_word_embeddings = true;
   } else {
-    throw Error("--shape: unknown shape \"" + name + "\" (known: parscale-1.8b, tiny)");
+    throw Error("--shape: unknown shape \"" + name + "\" (known: parscale-1.8b, qwen3-1.7b, tiny)");
   }
   c.max_position_embeddings = 32768;
   c.parscale_n_tokens = 48;

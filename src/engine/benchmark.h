@@ -12,7 +12,9 @@
 namespace parscale::bench {
 
 // "parscale-1.8b" (hidden 1536, intermediate 8320, 36 layers, 16/2 heads, head_dim 96, vocab
-// 151936, tied) or "tiny". Throws parscale::Error for other names.
+// 151936, tied), "qwen3-1.7b" (Qwen3-1.7B: hidden 2048, intermediate 6144, 28 layers, 16/8 heads,
+// head_dim 128, vocab 151936, tied, q/k norm, no biases) or "tiny". Throws parscale::Error for
+// other names.
 ModelConfig named_shape(const std::string& name);
 
 // Random P = 1 weights of `c` with matrices in `dtype` (DType::I8 = q8, block 32).

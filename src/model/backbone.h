@@ -1,4 +1,4 @@
-// The backbone: the Qwen2 weights every stream and every adapter shares (embeddings, decoder
+// The backbone: the Qwen2 / Qwen3 weights every stream and every adapter shares (embeddings, decoder
 // layers, final norm, lm_head). Immutable once loaded; shared by any number of adapters and
 // requests (hold it through std::shared_ptr<const Backbone>). Views point into the mapped files
 // or into owned buffers that `store` / `owned` keep alive.
@@ -17,9 +17,11 @@ struct BackboneLayer {
   const float* input_norm = nullptr;           // [H]
   const float* post_norm = nullptr;            // [H]
   WeightView q_proj, k_proj, v_proj, o_proj;   // [QD,H], [KD,H], [KD,H], [H,QD]
-  const float* q_bias = nullptr;               // [QD]
-  const float* k_bias = nullptr;               // [KD]
-  const float* v_bias = nullptr;               // [KD]
+  const float* q_bias = nullptr;               // [QD], null unless config.attention_bias
+  const float* k_bias = nullptr;               // [KD], null unless config.attention_bias
+  const float* v_bias = nullptr;               // [KD], null unless config.attention_bias
+  const float* q_norm = nullptr;               // [D] per-head RMSNorm of q, null unless config.qk_norm
+  const float* k_norm = nullptr;               // [D] per-head RMSNorm of k, null unless config.qk_norm
   WeightView gate_proj, up_proj, down_proj;    // [I,H], [I,H], [H,I]
 };
 

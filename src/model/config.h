@@ -1,5 +1,10 @@
-// The one model configuration, read from a Hugging Face config.json (model_type "qwen2" or
-// "qwen2_parscale") and written back by export/init. P = parscale_n = 1 is plain Qwen2.
+// The one model configuration, read from a Hugging Face config.json and written back by
+// export/init. Two families share one decoder implementation, told apart by a small description
+// of the attention block (attention_bias, qk_norm):
+//   "qwen2" / "qwen2_parscale": q/k/v biases, no q/k norm;
+//   "qwen3" / "qwen3_parscale": per-head RMSNorm of q and k (before RoPE), biases only when
+//   attention_bias is true, head_dim explicit.
+// P = parscale_n = 1 is the plain model of the family.
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -21,6 +26,10 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   bool tie_word_embeddings = false;
+  // The attention block: q/k/v projections carry biases; q and k get a per-head RMSNorm
+  // (weights [head_dim], eps rms_norm_eps) after the projection and before RoPE.
+  bool attention_bias = true;
+  bool qk_norm = false;
   // ParScale fields (upstream class defaults when absent).
   int64_t parscale_n = 1;          // P, number of streams
   int64_t parscale_n_tokens = 48;  // T, prefix length per stream and layer (unused when P = 1)
@@ -31,6 +40,11 @@ struct ModelConfig {
   std::string torch_dtype = "float32";
 
   int64_t streams() const { return parscale_n; }
+  // "qwen2" or "qwen3" (model_type without the "_parscale" suffix).
+  std::string family() const;
+  // The model_type of this family with ParScale streams: "qwen2_parscale" / "qwen3_parscale".
+  std::string parscale_model_type() const { return family() + "_parscale"; }
+  bool is_parscale_type() const { return model_type == parscale_model_type(); }
   // Number of prefix slots per stream in the KV cache: T when P > 1, else 0.
   int64_t prefix_tokens() const { return parscale_n > 1 ? parscale_n_tokens : 0; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
@@ -42,7 +56,7 @@ struct ModelConfig {
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
   // Reads DIR/config.json, and DIR/generation_config.json (eos ids) when present.
   static ModelConfig from_model_dir(const std::string& dir);
-  // HF-compatible config.json (model_type qwen2_parscale when P > 1, or when it was read as such).
+  // HF-compatible config.json (model_type <family>_parscale when P > 1, or when it was read as such).
   nlohmann::json to_json() const;
 };
 

@@ -64,6 +64,10 @@ void decoder_layer_forward(const Backbone& b, int64_t l, KvPool& pool, const Tok
                                      {&L.k_proj, L.k_bias, ws.k.data()},
                                      {&L.v_proj, L.v_bias, ws.v.data()}};
   kernels::matmul_multi(ws.xn.data(), N, qkv, 3);
+  if (c.qk_norm) {  // Qwen3: RMSNorm of every head's q and k (rows of D values), before RoPE
+    kernels::rmsnorm(ws.q.data(), L.q_norm, ws.q.data(), N * c.num_attention_heads, D, eps);
+    kernels::rmsnorm(ws.k.data(), L.k_norm, ws.k.data(), N * c.num_key_value_heads, D, eps);
+  }
   kernels::rope_apply(ws.q.data(), N, c.num_attention_heads, D, ws.cos_t.data(), ws.sin_t.data());
   kernels::rope_apply(ws.k.data(), N, c.num_key_value_heads, D, ws.cos_t.data(), ws.sin_t.data());
   // Every token's K/V goes into its row first: tokens of one chunk see each other causally.

@@ -19,12 +19,16 @@ void for_each_tensor(const ModelConfig& c, const std::function<void(const Tensor
     };
     t("input_layernorm.weight", {H}, G::Backbone, K::Norm, R::InputNorm);
     t("self_attn.q_proj.weight", {QD, H}, G::Backbone, K::Matrix, R::QProj);
-    t("self_attn.q_proj.bias", {QD}, G::Backbone, K::Bias, R::QBias);
+    if (c.attention_bias) t("self_attn.q_proj.bias", {QD}, G::Backbone, K::Bias, R::QBias);
     t("self_attn.k_proj.weight", {KD, H}, G::Backbone, K::Matrix, R::KProj);
-    t("self_attn.k_proj.bias", {KD}, G::Backbone, K::Bias, R::KBias);
+    if (c.attention_bias) t("self_attn.k_proj.bias", {KD}, G::Backbone, K::Bias, R::KBias);
     t("self_attn.v_proj.weight", {KD, H}, G::Backbone, K::Matrix, R::VProj);
-    t("self_attn.v_proj.bias", {KD}, G::Backbone, K::Bias, R::VBias);
+    if (c.attention_bias) t("self_attn.v_proj.bias", {KD}, G::Backbone, K::Bias, R::VBias);
     t("self_attn.o_proj.weight", {H, QD}, G::Backbone, K::Matrix, R::OProj);
+    if (c.qk_norm) {
+      t("self_attn.q_norm.weight", {c.head_dim}, G::Backbone, K::Norm, R::QNorm);
+      t("self_attn.k_norm.weight", {c.head_dim}, G::Backbone, K::Norm, R::KNorm);
+    }
     if (c.parscale_n > 1) {
       const std::vector<int64_t> pshape{c.parscale_n, c.num_key_value_heads, c.parscale_n_tokens, c.head_dim};
       t("self_attn.prefix_k", pshape, G::ParScale, K::Prefix, R::PrefixK);

@@ -21,7 +21,7 @@ enum class ParamKind { Embedding, Matrix, Bias, Norm, Prefix, AggregateMatrix, A
 // What a tensor is, independent of its layer: binds a name to a field of Backbone / Adapter.
 enum class TensorRole {
   Embed, InputNorm, QProj, QBias, KProj, KBias, VProj, VBias, OProj, PrefixK, PrefixV, PostNorm,
-  GateProj, UpProj, DownProj, FinalNorm, Aggregate0W, Aggregate0B, Aggregate2W, Aggregate2B, LmHead,
+  QNorm, KNorm, GateProj, UpProj, DownProj, FinalNorm, Aggregate0W, Aggregate0B, Aggregate2W, Aggregate2B, LmHead,
 };
 
 struct TensorSpec {
@@ -38,8 +38,9 @@ struct TensorSpec {
   }
 };
 
-// Visits every tensor of the model in a fixed order: embed_tokens, per layer (attention, prefixes
-// when P > 1, mlp, norms), final norm, aggregate_layer (P > 1), lm_head (untied only).
+// Visits every tensor of the model in a fixed order: embed_tokens, per layer (input norm, q/k/v/o
+// with q/k/v biases when attention_bias, q_norm/k_norm [head_dim] when qk_norm (Qwen3), prefixes
+// when P > 1, post-attention norm, mlp), final norm, aggregate_layer (P > 1), lm_head (untied only).
 void for_each_tensor(const ModelConfig& c, const std::function<void(const TensorSpec&)>& visit);
 
 // The same enumeration as a list.

@@ -224,7 +224,7 @@ void apply_adapter_metadata(ModelConfig& c, const TensorStore& adapter, const st
   } catch (const std::invalid_argument&) {
     throw Error(file + ": adapter metadata holds a non-numeric ParScale field");
   }
-  c.model_type = "qwen2_parscale";
+  c.model_type = c.parscale_model_type();
   c.validate(file);
 }
 
@@ -256,6 +256,8 @@ TensorSlot tensor_slot(Backbone& b, Adapter* a, const TensorSpec& spec) {
     case R::QBias: return {nullptr, &layer().q_bias};
     case R::KBias: return {nullptr, &layer().k_bias};
     case R::VBias: return {nullptr, &layer().v_bias};
+    case R::QNorm: return {nullptr, &layer().q_norm};
+    case R::KNorm: return {nullptr, &layer().k_norm};
     case R::GateProj: return {&layer().gate_proj, nullptr};
     case R::UpProj: return {&layer().up_proj, nullptr};
     case R::DownProj: return {&layer().down_proj, nullptr};

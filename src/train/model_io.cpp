@@ -96,7 +96,7 @@ ParameterSet parscale_from_backbone(const ParameterSet& backbone, int64_t P, int
   }
   ParameterSet out;
   out.config = base.config;
-  out.config.model_type = "qwen2_parscale";
+  out.config.model_type = out.config.parscale_model_type();
   out.config.parscale_n = P;
   out.config.parscale_n_tokens = T;
   out.config.parscale_attn_smooth = smooth;

@@ -30,8 +30,8 @@ double gradient_norm(const Gradients& g) {
   return std::sqrt(ss);
 }
 
-double AdamW::step(ParameterSet& p, Gradients& g, double lr) {
-  const double norm = gradient_norm(g);
+double AdamW::step(ParameterSet& p, Gradients& g, double lr, double global_norm) {
+  const double norm = global_norm >= 0.0 ? global_norm : gradient_norm(g);
   const float clip = cfg_.clip_norm > 0 ? static_cast<float>(std::min(1.0, cfg_.clip_norm / (norm + 1e-6))) : 1.0f;
   ++step_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(step_));
@@ -41,7 +41,7 @@ double AdamW::step(ParameterSet& p, Gradients& g, double lr) {
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
   const float eps = static_cast<float>(cfg_.eps);
   for (size_t i = 0; i < specs_.size(); ++i) {
-    if (g.values[i].empty()) continue;
+    if (g.values[i].empty() || m[i].empty()) continue;  // not trained by this optimizer
     float* w = p.values[i].data();
     float* gi = g.values[i].data();
     float* mi = m[i].data();

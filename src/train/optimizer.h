@@ -24,9 +24,11 @@ class AdamW {
  public:
   AdamW(const std::vector<TensorSpec>& specs, const std::vector<bool>& mask, const AdamWConfig& config);
 
-  // Clips g in place, applies one update to the trained tensors of p with learning rate lr, and
-  // returns the global gradient L2 norm before clipping (summed in double in tensor order).
-  double step(ParameterSet& p, Gradients& g, double lr);
+  // Clips g in place, applies one update to the trained tensors of p (those in the constructor's
+  // mask) with learning rate lr, and returns the global gradient L2 norm before clipping (summed
+  // in double in tensor order). global_norm >= 0 replaces that norm (clipping over tensors of
+  // several optimizers, e.g. with the prefix reparameterization).
+  double step(ParameterSet& p, Gradients& g, double lr, double global_norm = -1.0);
 
   int64_t steps_done() const { return step_; }
   void set_steps_done(int64_t s) { step_ = s; }

@@ -96,7 +96,8 @@ TrainModel::TrainModel(const ParameterSet& params) : params_(params), c_(params.
                           n("self_attn.k_proj.weight"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.weight"),
                           n("self_attn.v_proj.bias"), n("self_attn.o_proj.weight"), n("self_attn.prefix_k"),
                           n("self_attn.prefix_v"), n("post_attention_layernorm.weight"), n("mlp.gate_proj.weight"),
-                          n("mlp.up_proj.weight"), n("mlp.down_proj.weight")});
+                          n("mlp.up_proj.weight"), n("mlp.down_proj.weight"), n("self_attn.q_norm.weight"),
+                          n("self_attn.k_norm.weight")});
   }
   inv_freq_.resize(static_cast<size_t>(D_ / 2));
   kb::rope_inv_freq(c_.rope_theta, D_, inv_freq_.data());
@@ -137,12 +138,16 @@ void TrainModel::setup(int64_t B, int64_t L) {
   for (auto* b : {&xn1_, &hmid_, &xn2_, &tmp_, &dxn_}) grow(*b, N_ * H_);
   for (auto* b : {&q_, &attn_, &dattn_, &dq_}) grow(*b, N_ * QD_);
   for (auto* b : {&k_, &v_, &dk_, &dv_}) grow(*b, N_ * KD_);
+  if (c_.qk_norm) {
+    grow(qpre_, N_ * QD_);
+    grow(kpre_, N_ * KD_);
+  }
   for (auto* b : {&kbuf_, &vbuf_, &dkbuf_, &dvbuf_}) grow(*b, cache);
   for (auto* b : {&gate_, &up_, &act_, &dact_}) grow(*b, N_ * I_);
   grow(lse_, N_ * NH_);
   grow(views_, N_);
   grow(scratch_, static_cast<int64_t>(num_threads()) * std::max<int64_t>(2 * C_, kb::attention_backward_scratch(C_, D_)));
-  grow(rstd_, N_);
+  grow(rstd_, c_.qk_norm ? N_ * NH_ : N_);
 }
 
 void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
@@ -151,8 +156,15 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
   const int64_t N = N_;
   // Same kernel sequence as qwen2_layer_forward.
   kb::rmsnorm(x, L.input_norm, xn1_.data(), N, H_, eps);
-  matmul_rows(xn1_.data(), N, L.q_proj, L.q_bias, q_.data());
-  matmul_rows(xn1_.data(), N, L.k_proj, L.k_bias, k_.data());
+  if (c_.qk_norm) {  // q/k projections into qpre_/kpre_, then the per-head RMSNorm into q_/k_
+    matmul_rows(xn1_.data(), N, L.q_proj, L.q_bias, qpre_.data());
+    matmul_rows(xn1_.data(), N, L.k_proj, L.k_bias, kpre_.data());
+    kb::rmsnorm(qpre_.data(), L.q_norm, q_.data(), N * NH_, D_, eps);
+    kb::rmsnorm(kpre_.data(), L.k_norm, k_.data(), N * KVH_, D_, eps);
+  } else {
+    matmul_rows(xn1_.data(), N, L.q_proj, L.q_bias, q_.data());
+    matmul_rows(xn1_.data(), N, L.k_proj, L.k_bias, k_.data());
+  }
   matmul_rows(xn1_.data(), N, L.v_proj, L.v_bias, v_.data());
   if (cap_k_) {
     // capture_kv: stream 0 only (rows of stream 0 are tokens 0..L-1 when B = 1).
@@ -255,7 +267,8 @@ void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients&
       }
   }
   const bool need_qkv_grad = need_dx || g.get(ix.q_w) || g.get(ix.k_w) || g.get(ix.v_w) || g.get(ix.q_b) ||
-                             g.get(ix.k_b) || g.get(ix.v_b) || g.get(ix.input_norm);
+                             g.get(ix.k_b) || g.get(ix.v_b) || g.get(ix.input_norm) || g.get(ix.q_norm) ||
+                             g.get(ix.k_norm);
   if (!need_qkv_grad) return;
   for (int64_t i = 0; i < N; ++i) {
     const int64_t r = i / L_, t = i % L_;
@@ -266,6 +279,10 @@ void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients&
   }
   kb::rope_backward(dq_.data(), N, NH_, D_, cos_t_.data(), sin_t_.data());
   kb::rope_backward(dk_.data(), N, KVH_, D_, cos_t_.data(), sin_t_.data());
+  if (c_.qk_norm) {  // dq/dk := gradients of the projections' outputs (before the per-head norm)
+    kb::rmsnorm_backward(qpre_.data(), L.q_norm, dq_.data(), dq_.data(), g.get(ix.q_norm), N * NH_, D_, eps, false, rstd_.data());
+    kb::rmsnorm_backward(kpre_.data(), L.k_norm, dk_.data(), dk_.data(), g.get(ix.k_norm), N * KVH_, D_, eps, false, rstd_.data());
+  }
   if (float* gw = g.get(ix.q_w)) kb::matmul_backward_weight(dq_.data(), xn1_.data(), N, QD_, H_, gw, g.get(ix.q_b));
   if (float* gw = g.get(ix.k_w)) kb::matmul_backward_weight(dk_.data(), xn1_.data(), N, KD_, H_, gw, g.get(ix.k_b));
   if (float* gw = g.get(ix.v_w)) kb::matmul_backward_weight(dv_.data(), xn1_.data(), N, KD_, H_, gw, g.get(ix.v_b));

@@ -47,7 +47,8 @@ class TrainModel {
   // Logits of every position, [B·L, V] (ordered by sequence then position).
   void forward_logits(const int32_t* ids, int64_t B, int64_t L, std::vector<float>& logits);
 
-  // Runs stream 0 over ids [L] (B = 1) and returns each layer's pre-RoPE K and V as
+  // Runs stream 0 over ids [L] (B = 1) and returns each layer's pre-RoPE K (after k_norm when
+  // qk_norm, i.e. exactly what a prefix slot holds) and V as
   // [n_kv_heads, L, head_dim] (what `parscale init` turns into prefixes).
   void capture_kv(const int32_t* ids, int64_t L, std::vector<std::vector<float>>& k, std::vector<std::vector<float>>& v);
 
@@ -56,6 +57,7 @@ class TrainModel {
  private:
   struct LayerIndex {
     int64_t input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, prefix_k, prefix_v, post_norm, gate, up, down;
+    int64_t q_norm, k_norm;  // -1 unless qk_norm (likewise q_b/k_b/v_b without attention_bias)
   };
   void setup(int64_t B, int64_t L);
   void layer_forward(int64_t l, const float* x, float* out);
@@ -82,7 +84,8 @@ class TrainModel {
   std::vector<std::vector<float>> xs_;
   std::vector<float> hn_, agg_;
   // One layer's recomputed activations.
-  std::vector<float> xn1_, q_, k_, v_, kbuf_, vbuf_, attn_, lse_, hmid_, xn2_, gate_, up_, act_, tmp_, scratch_;
+  // qpre_/kpre_: q and k before the per-head norm (qk_norm only).
+  std::vector<float> xn1_, q_, k_, v_, qpre_, kpre_, kbuf_, vbuf_, attn_, lse_, hmid_, xn2_, gate_, up_, act_, tmp_, scratch_;
   // Gradient scratch.
   std::vector<float> dxn_, dattn_, dq_, dk_, dv_, dkbuf_, dvbuf_, dact_, rstd_;
   std::vector<double> row_loss_;

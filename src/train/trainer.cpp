@@ -13,12 +13,14 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "train/model_io.h"
+#include "train/prefix_reparam.h"
 
 namespace parscale::train {
 
@@ -53,53 +55,68 @@ std::map<std::string, std::string> run_identity(const TrainerOptions& o, const P
           {"seed", std::to_string(o.seed)},
           {"steps", std::to_string(o.steps)},
           {"mode", o.mode == TrainMode::All ? "all" : "parscale"},
-          {"parscale_n", std::to_string(p.config.parscale_n)}};
+          {"parscale_n", std::to_string(p.config.parscale_n)},
+          {"prefix_reparam", std::to_string(o.prefix_reparam_dim)}};
 }
 
-void save_checkpoint(const std::string& path, const ParameterSet& p, const std::vector<bool>& mask, const AdamW& opt,
-                     int64_t step, const TrainerOptions& o) {
+// What a checkpoint holds: the trained tensors of one or two parameter sets (the model's, and the
+// prefix reparameterization's when used) with their AdamW moments.
+struct Trained {
+  ParameterSet* params;
+  std::vector<bool> mask;
+  AdamW* opt;
+};
+
+void save_checkpoint(const std::string& path, const std::vector<Trained>& sets, int64_t step, const TrainerOptions& o) {
   std::vector<TensorToWrite> t;
-  for (size_t i = 0; i < p.specs.size(); ++i) {
-    if (!mask[i]) continue;
-    t.push_back({"param/" + p.specs[i].name, DType::F32, p.specs[i].shape, p.values[i].data()});
-    t.push_back({"adam_m/" + p.specs[i].name, DType::F32, p.specs[i].shape, opt.m[i].data()});
-    t.push_back({"adam_v/" + p.specs[i].name, DType::F32, p.specs[i].shape, opt.v[i].data()});
+  for (const Trained& set : sets) {
+    const ParameterSet& p = *set.params;
+    for (size_t i = 0; i < p.specs.size(); ++i) {
+      if (!set.mask[i]) continue;
+      t.push_back({"param/" + p.specs[i].name, DType::F32, p.specs[i].shape, p.values[i].data()});
+      t.push_back({"adam_m/" + p.specs[i].name, DType::F32, p.specs[i].shape, set.opt->m[i].data()});
+      t.push_back({"adam_v/" + p.specs[i].name, DType::F32, p.specs[i].shape, set.opt->v[i].data()});
+    }
   }
-  auto md = run_identity(o, p);
+  auto md = run_identity(o, *sets.front().params);
   md["format"] = kCheckpointFormat;
   md["step"] = std::to_string(step);
   md["sequences_seen"] = std::to_string(step * o.batch);
   write_safetensors(path, t, md);
 }
 
-int64_t load_checkpoint(const std::string& path, ParameterSet& p, const std::vector<bool>& mask, AdamW& opt,
-                        const TrainerOptions& o) {
+int64_t load_checkpoint(const std::string& path, const std::vector<Trained>& sets, const TrainerOptions& o) {
   if (!fs::exists(path)) throw Error(path + ": no checkpoint to resume from");
   auto store = TensorStore::open_files({path});
   const auto& md = store->metadata();
   auto get = [&](const std::string& k) -> std::string {
     auto it = md.find(k);
+    if (it == md.end() && k == "prefix_reparam") return "0";  // checkpoints from before the option
     if (it == md.end()) throw Error(path + ": checkpoint metadata lacks '" + k + "'");
     return it->second;
   };
   if (get("format") != kCheckpointFormat) throw Error(path + ": not a parscale training checkpoint");
-  for (const auto& [k, v] : run_identity(o, p))
+  for (const auto& [k, v] : run_identity(o, *sets.front().params))
     if (get(k) != v) throw Error(path + ": checkpoint was made with " + k + " = " + get(k) + ", this run has " + v);
-  for (size_t i = 0; i < p.specs.size(); ++i) {
-    if (!mask[i]) continue;
-    auto load = [&](const std::string& prefix, std::vector<float>& dst) {
-      const TensorInfo* t = store->find(prefix + p.specs[i].name);
-      if (!t || t->dtype != DType::F32 || t->shape != p.specs[i].shape)
-        throw Error(path + ": checkpoint lacks F32 tensor '" + prefix + p.specs[i].name + "' of shape " +
-                    shape_to_string(p.specs[i].shape));
-      std::memcpy(dst.data(), t->data, dst.size() * sizeof(float));
-    };
-    load("param/", p.values[i]);
-    load("adam_m/", opt.m[i]);
-    load("adam_v/", opt.v[i]);
+  for (const Trained& set : sets) {
+    ParameterSet& p = *set.params;
+    AdamW& opt = *set.opt;
+    for (size_t i = 0; i < p.specs.size(); ++i) {
+      if (!set.mask[i]) continue;
+      auto load = [&](const std::string& prefix, std::vector<float>& dst) {
+        const TensorInfo* t = store->find(prefix + p.specs[i].name);
+        if (!t || t->dtype != DType::F32 || t->shape != p.specs[i].shape)
+          throw Error(path + ": checkpoint lacks F32 tensor '" + prefix + p.specs[i].name + "' of shape " +
+                      shape_to_string(p.specs[i].shape));
+        std::memcpy(dst.data(), t->data, dst.size() * sizeof(float));
+      };
+      load("param/", p.values[i]);
+      load("adam_m/", opt.m[i]);
+      load("adam_v/", opt.v[i]);
+    }
   }
   const int64_t step = std::stoll(get("step"));
-  opt.set_steps_done(step);
+  for (const Trained& set : sets) set.opt->set_steps_done(step);
   return step;
 }
 
@@ -216,11 +233,30 @@ TrainResult train_on_this_rank(ParameterSet& params, Dataset& data, const Traine
   const double min_lr = o.min_lr >= 0 ? o.min_lr : o.lr / 10.0;
   const bool write = !o.out_dir.empty() && group.root();
 
+  // mask: the tensors whose gradients are computed; opt_mask: those AdamW updates directly (with
+  // the reparameterization the prefixes get gradients but are set by materialize()).
   const auto mask = trainable_mask(params.specs, o.mode);
   bool any = false;
   for (bool b : mask) any = any || b;
   if (!any) throw Error("train: nothing to train (a P = 1 model has no ParScale parameters; use --train all)");
-  AdamW opt(params.specs, mask, o.adam);
+  std::unique_ptr<PrefixReparam> reparam;
+  std::vector<bool> opt_mask = mask;
+  if (o.prefix_reparam_dim > 0) {
+    if (params.config.parscale_n < 2) throw Error("train: the prefix reparameterization needs a ParScale model (P > 1)");
+    reparam = std::make_unique<PrefixReparam>(params, o.prefix_reparam_dim, o.seed);
+    for (size_t i = 0; i < params.specs.size(); ++i)
+      if (params.specs[i].kind == ParamKind::Prefix) opt_mask[i] = false;
+  }
+  AdamW opt(params.specs, opt_mask, o.adam);
+  std::unique_ptr<AdamW> reparam_opt;
+  Gradients reparam_grad;
+  std::vector<Trained> trained{{&params, opt_mask, &opt}};
+  if (reparam) {
+    const std::vector<bool> all(reparam->parameters().specs.size(), true);
+    reparam_opt = std::make_unique<AdamW>(reparam->parameters().specs, all, o.adam);
+    reparam_grad = Gradients::for_mask(reparam->parameters().specs, all);
+    trained.push_back({&reparam->parameters(), all, reparam_opt.get()});
+  }
   TrainModel model(params);
   Gradients grad = Gradients::for_mask(params.specs, mask);
   Gradients micro_grad;
@@ -229,12 +265,13 @@ TrainResult train_on_this_rank(ParameterSet& params, Dataset& data, const Traine
   int64_t start = 0;
   const std::string log_path = o.out_dir.empty() ? "" : (fs::path(o.out_dir) / "train_log.jsonl").string();
   if (o.resume) {
-    start = load_checkpoint(checkpoint_path(o.out_dir), params, mask, opt, o);
+    start = load_checkpoint(checkpoint_path(o.out_dir), trained, o);
     if (write && fs::exists(log_path)) truncate_log(log_path, start);
   } else if (write) {
     fs::create_directories(o.out_dir);
     write_file_atomic(log_path, "");
   }
+  if (reparam) reparam->materialize(params);  // prefixes = base + MLP(E) (exactly base at step 0)
   const int64_t end = o.stop_after > 0 ? std::min(o.steps, o.stop_after) : o.steps;
   std::ofstream log;
   if (write) log.open(log_path, std::ios::app);
@@ -271,7 +308,22 @@ TrainResult train_on_this_rank(ParameterSet& params, Dataset& data, const Traine
     group.allreduce_sum(&loss_sum, 1);
     const double loss = loss_sum * static_cast<double>(scale);
     if (!std::isfinite(loss)) throw Error("train: loss became " + fmt(loss) + " at step " + std::to_string(k + 1));
-    const double gnorm = opt.step(params, grad, lr);
+    double gnorm;
+    if (reparam) {
+      // Prefix gradients -> reparameterization gradients; clip over everything AdamW updates.
+      reparam_grad.zero();
+      reparam->backward(grad, reparam_grad);
+      double ss = std::pow(gradient_norm(reparam_grad), 2);
+      for (size_t i = 0; i < grad.values.size(); ++i)
+        if (opt_mask[i])
+          for (float x : grad.values[i]) ss += static_cast<double>(x) * x;
+      gnorm = std::sqrt(ss);
+      opt.step(params, grad, lr, gnorm);
+      reparam_opt->step(reparam->parameters(), reparam_grad, lr, gnorm);
+      reparam->materialize(params);
+    } else {
+      gnorm = opt.step(params, grad, lr);
+    }
     result.losses.push_back(loss);
     result.steps_done = k + 1;
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -290,7 +342,7 @@ TrainResult train_on_this_rank(ParameterSet& params, Dataset& data, const Traine
     if (write) log.flush();
     progress.update(k + 1, loss, result.tokens_per_second, eval);
     if (write && ((o.checkpoint_every > 0 && (k + 1) % o.checkpoint_every == 0) || last)) {
-      save_checkpoint(checkpoint_path(o.out_dir), params, mask, opt, k + 1, o);
+      save_checkpoint(checkpoint_path(o.out_dir), trained, k + 1, o);
       save_result(params, o);
     }
   }

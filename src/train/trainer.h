@@ -38,6 +38,9 @@ struct TrainerOptions {
   int64_t eval_every = 0;      // steps between evaluations (0: only at the end)
   int64_t eval_sequences = 16; // held-out windows per evaluation
   int64_t checkpoint_every = 0;  // steps between checkpoints (0: only at the end)
+  // > 0: train the prefixes through a PrefixReparam of this dimension (prefix_reparam.h); the
+  // saved adapter / model holds the folded plain prefixes.
+  int64_t prefix_reparam_dim = 0;
   bool resume = false;
   bool progress = true;
   DType save_dtype = DType::F32;
@@ -52,7 +55,9 @@ struct TrainResult {
 
 // Trains `params` in place. Writes into out_dir: train_log.jsonl (one JSON object per step and per
 // evaluation), checkpoint.safetensors (trained tensors, AdamW moments, step; atomically), and the
-// result: adapter.safetensors (mode ParScale) or an HF model folder (mode All).
+// result: adapter.safetensors (mode ParScale) or an HF model folder (mode All). With the prefix
+// reparameterization, the checkpoint also holds its tensors and moments, and `params` ends with
+// the folded prefixes.
 TrainResult train(ParameterSet& params, Dataset& data, const TrainerOptions& options, const ProcessGroup& group);
 
 // Sets flush-to-zero and denormals-are-zero on this thread and the OpenMP pool (x86): denormal

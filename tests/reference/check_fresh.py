@@ -4,6 +4,7 @@ folder, run the built engine (`parscale logits` and `parscale generate`) on them
 this reference. Prints the largest logit error.
 
     /usr/bin/python3 tests/reference/check_fresh.py [--binary build/parscale] [--count 6] [--seed 7]
+                                                    [--family qwen2|qwen3]
 """
 import argparse
 import json
@@ -22,12 +23,18 @@ from make_fixtures import spec  # noqa: E402
 from parscale_ref import KVCache, forward_batched  # noqa: E402
 
 
-def random_spec(rng, i):
+def random_spec(rng, i, family="qwen2"):
     heads = rng.choice([2, 3, 4, 6])
     kv = rng.choice([h for h in (1, 2, 3, heads) if heads % h == 0])
     head_dim = rng.choice([8, 10, 16])
     P = rng.choice([1, 2, 3, 4, 5, 8])
-    return spec(f"fresh{i}_p{P}", vocab=rng.randint(40, 200), hidden=heads * head_dim,
+    hidden = heads * head_dim
+    extra = {}
+    if family == "qwen3":  # head_dim independent of hidden / heads; biases only sometimes
+        hidden = rng.choice([16, 24, 32, 48])
+        extra = dict(model_type="qwen3_parscale" if P > 1 else "qwen3", head_dim=head_dim,
+                     attention_bias=rng.random() < 0.3)
+    return spec(f"fresh{i}_p{P}", vocab=rng.randint(40, 200), hidden=hidden, **extra,
                 inter=rng.randint(20, 120), layers=rng.randint(1, 4), heads=heads, kv=kv,
                 theta=rng.choice([100.0, 10000.0, 1e6]), eps=rng.choice([1e-6, 1e-5]),
                 tie=rng.random() < 0.5, dtype=rng.choice(["F32", "BF16", "F16"]), P=P,
@@ -40,12 +47,13 @@ def main():
     ap.add_argument("--binary", default=os.path.join(HERE, "..", "..", "build", "parscale"))
     ap.add_argument("--count", type=int, default=6)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--family", choices=["qwen2", "qwen3"], default="qwen2")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.count):
-            s = random_spec(rng, i)
+            s = random_spec(rng, i, a.family)
             folder = os.path.join(tmp, s["name"])
             cfg_json = model_files.make_config(s)
             weights = model_files.make_weights(cfg_json, s, seed=50000 + 97 * a.seed + i)

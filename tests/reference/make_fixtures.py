@@ -58,6 +58,18 @@ MODELS = [
          eps=1e-5, tie=False, dtype="BF16", P=3, T=2, smooth=0.01, lens=[3, 9, 12, 1]),
     spec("ps2_t4_f16_tied_h64", vocab=64, hidden=64, inter=128, layers=1, heads=8, kv=8, theta=200000.0,
          eps=1e-6, tie=True, dtype="F16", P=2, T=4, smooth=0.1, lens=[7, 2, 12, 4]),
+    # Qwen3: per-head q/k RMSNorm, no q/k/v biases unless attention_bias, head_dim != hidden/heads.
+    spec("qwen3_tied_f32_d12", model_type="qwen3", vocab=96, hidden=32, inter=80, layers=2, heads=4, kv=2,
+         head_dim=12, theta=1000000.0, eps=1e-6, tie=True, dtype="F32", lens=[1, 6, 12, 9]),
+    spec("qwen3_untied_f16_bias_d16", model_type="qwen3", vocab=112, hidden=48, inter=96, layers=2, heads=6,
+         kv=2, head_dim=16, attention_bias=True, theta=10000.0, eps=1e-5, tie=False, dtype="F16",
+         lens=[4, 12, 2, 7]),
+    spec("qwen3ps2_t3_bf16_tied_d16", model_type="qwen3_parscale", vocab=80, hidden=32, inter=64, layers=2,
+         heads=4, kv=2, head_dim=16, theta=1000000.0, eps=1e-6, tie=True, dtype="BF16", P=2, T=3, smooth=0.01,
+         lens=[5, 1, 12, 8]),
+    spec("qwen3ps4_t5_bf16_untied_sharded", model_type="qwen3_parscale", vocab=72, hidden=24, inter=64, layers=2,
+         heads=6, kv=1, head_dim=8, theta=10000.0, eps=1e-6, tie=False, dtype="BF16", P=4, T=5, smooth=0.02,
+         sharded=True, lens=[3, 12, 6, 1]),
 ]
 
 
@@ -149,7 +161,8 @@ def build(s, index):
 
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
-    results = [build(s, i) for i, s in enumerate(MODELS)]
+    only = set(sys.argv[1:])  # optional fixture names: rebuild just those
+    results = [build(s, i) for i, s in enumerate(MODELS) if not only or s["name"] in only]
     print(f"{'model':28s} {'P':>2s} {'T':>3s} {'dtype':5s} {'tied':5s} {'gqa':>3s} "
           f"{'full-vs-incr':>12s} {'plain-path':>10s} {'batch-B':>9s} {'w_min':>6s} {'w_max':>6s} "
           f"{'greedy gap':>10s} {'logit span':>10s}")
@@ -163,7 +176,7 @@ def main():
     worst_plain = max(r["plain"] for r in results)
     worst_batch = max(r["batch"] for r in results)
     print(f"max |full - incremental| = {worst_inc:.3e}; max |batched path - plain per-stream path| = "
-          f"{worst_plain:.3e} (P=1 models: {max(r['plain'] for r in results if r['P'] == 1):.3e}); "
+          f"{worst_plain:.3e} (P=1 models: {max([r['plain'] for r in results if r['P'] == 1], default=0.0):.3e}); "
           f"max |batched rows - alone| = {worst_batch:.3e}")
     assert worst_inc < 1e-10 and worst_plain < 1e-10 and worst_batch < 1e-10, "reference self-check failed"
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(OUT_DIR) for f in fs)

@@ -16,7 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import model_files  # noqa: E402
-from parscale_ref import forward_batched, forward_plain  # noqa: E402
+import st_io  # noqa: E402
+from parscale_ref import F64, forward_batched, forward_plain  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 OUT_DIR = os.path.join(REPO, "tests", "fixtures", "train")
@@ -40,7 +41,87 @@ MODELS = [
          eps=1e-5, tie=True, dtype="BF16", P=4, T=2, smooth=0.05),
     spec("train_p3_t5_smooth0_f32", vocab=56, hidden=24, inter=48, layers=2, heads=3, kv=1, theta=500.0,
          eps=1e-6, tie=False, dtype="F32", P=3, T=5, smooth=0.0),
+    # Qwen3: per-head q/k norm (its backward), bias-less projections, head_dim != hidden/heads.
+    spec("train_qwen3_p1_untied_f32", model_type="qwen3", vocab=64, hidden=16, inter=40, layers=2, heads=4, kv=2,
+         head_dim=6, theta=1000000.0, eps=1e-6, tie=False, dtype="F32"),
+    spec("train_qwen3_p2_t3_tied_f32", model_type="qwen3_parscale", vocab=48, hidden=24, inter=40, layers=2, heads=2,
+         kv=1, head_dim=16, theta=10000.0, eps=1e-6, tie=True, dtype="F32", P=2, T=3, smooth=0.01, reparam=5),
+    spec("train_qwen3_p4_t2_bias_bf16", model_type="qwen3_parscale", vocab=40, hidden=16, inter=32, layers=1,
+         heads=4, kv=2, head_dim=8, attention_bias=True, theta=10000.0, eps=1e-5, tie=False, dtype="BF16", P=4, T=2,
+         smooth=0.05, reparam=3),
 ]
+
+
+# ---- prefix reparameterization (training only; folded into prefix_k / prefix_v when saved) ----------------
+# Per layer l: E [P*T, R], an MLP Linear(R -> H) + tanh + Linear(H -> 2*KVH*D), and the fixed
+# prefixes P0 the training started from:
+#   out = tanh(E @ W1^T + b1) @ W2^T + b2                       [P*T, 2*KVH*D], row s*T + t
+#   prefix_k[s, h, t, :] = P0_k[s, h, t, :] + out[s*T + t, h*D : (h+1)*D]
+#   prefix_v[s, h, t, :] = P0_v[s, h, t, :] + out[s*T + t, KVH*D + h*D : KVH*D + (h+1)*D]
+REPARAM_NAMES = ("embedding", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias")
+
+
+def reparam_name(layer, what):
+    return f"reparam.layers.{layer}.{what}"
+
+
+def reparam_prefixes(cfg, w, rp):
+    """{prefix tensor name: P0 + MLP(E)} for every layer."""
+    p, t, kvh, d = cfg.parscale_n, cfg.parscale_n_tokens, cfg.num_kv_heads, cfg.head_dim
+    out = {}
+    for li in range(cfg.num_layers):
+        n = lambda what: rp[reparam_name(li, what)]  # noqa: E731
+        hid = torch.tanh(n("embedding") @ n("mlp.0.weight").T + n("mlp.0.bias"))
+        o = hid @ n("mlp.2.weight").T + n("mlp.2.bias")  # [P*T, 2*KVH*D]
+        ok = o[:, :kvh * d].reshape(p, t, kvh, d).permute(0, 2, 1, 3)
+        ov = o[:, kvh * d:].reshape(p, t, kvh, d).permute(0, 2, 1, 3)
+        pre = f"model.layers.{li}.self_attn."
+        out[pre + "prefix_k"] = w[pre + "prefix_k"] + ok
+        out[pre + "prefix_v"] = w[pre + "prefix_v"] + ov
+    return out
+
+
+def make_reparam(cfg, dim, gen):
+    """Random reparameterization tensors (W2 nonzero so every gradient is nonzero), fp32-representable."""
+    h, kvh, d, pt = cfg.hidden_size, cfg.num_kv_heads, cfg.head_dim, cfg.parscale_n * cfg.parscale_n_tokens
+    shapes = {"embedding": (pt, dim), "mlp.0.weight": (h, dim), "mlp.0.bias": (h,),
+              "mlp.2.weight": (2 * kvh * d, h), "mlp.2.bias": (2 * kvh * d,)}
+    stds = {"embedding": 1.0, "mlp.0.weight": dim ** -0.5, "mlp.0.bias": 0.1, "mlp.2.weight": 0.3 * h ** -0.5,
+            "mlp.2.bias": 0.1}
+    rp = {}
+    for li in range(cfg.num_layers):
+        for what in REPARAM_NAMES:
+            x = torch.randn(*shapes[what], generator=gen, dtype=torch.float32) * stds[what]
+            rp[reparam_name(li, what)] = x.to(F64)
+    return rp
+
+
+def reparam_loss(cfg, w, rp, batch):
+    return lm_loss(cfg, dict(w, **reparam_prefixes(cfg, w, rp)), batch)
+
+
+def reparam_gradients(cfg, w, rp, batch):
+    params = {n: v.clone().requires_grad_(True) for n, v in rp.items()}
+    loss = reparam_loss(cfg, w, params, batch)
+    names = sorted(params)
+    grads = torch.autograd.grad(loss, [params[n] for n in names])
+    return float(loss), dict(zip(names, grads))
+
+
+def reparam_fd_check(cfg, w, rp, batch, grads, gen, per_tensor=2, h=1e-4):
+    worst = 0.0
+    for name in sorted(grads):
+        for _ in range(per_tensor):
+            idx = int(torch.randint(0, rp[name].numel(), (1,), generator=gen))
+            shifted = []
+            for sign in (1.0, -1.0):
+                moved = rp[name].clone().reshape(-1)
+                moved[idx] += sign * h
+                shifted.append(float(reparam_loss(cfg, w, dict(rp, **{name: moved.reshape(rp[name].shape)}), batch)))
+            numeric = (shifted[0] - shifted[1]) / (2 * h)
+            analytic = float(grads[name].reshape(-1)[idx])
+            worst = max(worst, abs(numeric - analytic) / (1e-4 + abs(analytic)))
+    return worst
 
 
 def round9(x: float) -> float:
@@ -157,6 +238,17 @@ def build(s, index):
         info["adamw"] = (f"{s['adamw']}: loss {losses[0]:.4f}->{losses[-1]:.4f}, norm {norms[0]:.2f}->"
                          f"{norms[-1]:.2f}, clipped {sum(x > ADAMW['clip_norm'] for x in norms)}/10, "
                          f"min|g| {smallest:.1e}")
+    if s.get("reparam"):
+        # Prefix reparameterization: loss and gradients of its tensors (stored in reparam.safetensors).
+        rp = make_reparam(cfg, s["reparam"], gen)
+        st_io.write_safetensors(os.path.join(folder, "reparam.safetensors"),
+                                {n: v.to(torch.float32) for n, v in rp.items()})
+        rp_loss, rp_grads = reparam_gradients(cfg, w, rp, batch)
+        info["reparam_fd"] = reparam_fd_check(cfg, w, rp, batch, rp_grads, gen)
+        folded = reparam_prefixes(cfg, w, rp)
+        golden["reparam"] = {"dim": s["reparam"], "loss": round9(rp_loss),
+                             "grads": {n: flat(rp_grads[n]) for n in sorted(rp_grads)},
+                             "prefixes": {n: flat(folded[n]) for n in sorted(folded)}}
     with open(os.path.join(folder, "train_golden.json"), "w") as f:
         f.write(json.dumps(golden, separators=(",", ":")))
         f.write("\n")
@@ -165,13 +257,18 @@ def build(s, index):
 
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
-    results = [build(s, i) for i, s in enumerate(MODELS)]
+    only = set(sys.argv[1:])  # optional fixture names: rebuild just those
+    results = [build(s, i) for i, s in enumerate(MODELS) if not only or s["name"] in only]
     print(f"{'model':26s} {'P':>2s} {'T':>2s} {'loss':>8s} {'|plain-batched|':>15s} {'FD rel err':>10s}  adamw")
     for r in results:
         print(f"{r['name']:26s} {r['P']:2d} {r['T']:2d} {r['loss']:8.4f} {r['plain']:15.3e} {r['fd']:10.2e}  "
               f"{r['adamw']}")
     assert all(r["plain"] < 1e-12 for r in results), "loss from the two reference paths disagrees"
     assert all(r["fd"] < 1e-6 for r in results), "autograd gradient disagrees with finite differences"
+    for r in results:
+        if "reparam_fd" in r:
+            print(f"{r['name']}: reparameterization gradients vs finite differences: {r['reparam_fd']:.2e}")
+            assert r["reparam_fd"] < 1e-6, "reparameterization gradient disagrees with finite differences"
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(OUT_DIR) for f in fs)
     print(f"fixtures: {len(results)} models, {total / 1e6:.2f} MB in {os.path.relpath(OUT_DIR, REPO)}")
 

@@ -37,6 +37,14 @@ def make_config(spec: dict) -> dict:
         "initializer_range": 0.02,
         "use_cache": True,
     }
+    if spec["model_type"].startswith("qwen3"):
+        cfg["architectures"] = ["Qwen3ParScaleForCausalLM" if spec["model_type"] == "qwen3_parscale" else "Qwen3ForCausalLM"]
+        cfg["head_dim"] = spec["head_dim"]
+        cfg["attention_bias"] = spec.get("attention_bias", False)
+    if spec["model_type"] == "qwen3_parscale":
+        for key, field in (("P", "parscale_n"), ("T", "parscale_n_tokens"), ("smooth", "parscale_attn_smooth")):
+            if spec[key] != "omit":
+                cfg[field] = spec[key]
     if spec["model_type"] == "qwen2_parscale":
         cfg["architectures"] = ["Qwen2ParScaleForCausalLM"]
         cfg["auto_map"] = {
@@ -73,6 +81,12 @@ def make_weights(cfg_json: dict, spec: dict, seed: int) -> dict:
         w[pre + "self_attn.v_proj.weight"] = rnd(kvh * d, h, std=lin)
         w[pre + "self_attn.v_proj.bias"] = rnd(kvh * d, std=0.2)
         w[pre + "self_attn.o_proj.weight"] = rnd(h, nh * d, std=lin)
+        if not cfg.attention_bias:
+            for name in "qkv":
+                del w[pre + f"self_attn.{name}_proj.bias"]
+        if cfg.qk_norm:
+            w[pre + "self_attn.q_norm.weight"] = rnd(d, std=0.2, mean=1.0)
+            w[pre + "self_attn.k_norm.weight"] = rnd(d, std=0.2, mean=1.0)
         w[pre + "mlp.gate_proj.weight"] = rnd(i_sz, h, std=lin)
         w[pre + "mlp.up_proj.weight"] = rnd(i_sz, h, std=lin)
         w[pre + "mlp.down_proj.weight"] = rnd(h, i_sz, std=lin)

@@ -31,6 +31,8 @@ class RefConfig:
     parscale_n: int
     parscale_n_tokens: int
     parscale_attn_smooth: float
+    attention_bias: bool = True  # q/k/v projections carry biases (Qwen2 always; Qwen3 if attention_bias)
+    qk_norm: bool = False        # Qwen3: per-head RMSNorm of q and k after the projection, before RoPE
 
 
 def parse_config(d: dict) -> RefConfig:
@@ -41,7 +43,8 @@ def parse_config(d: dict) -> RefConfig:
         kv = heads
     assert d.get("hidden_act", "silu") == "silu"
     assert d.get("rope_scaling") is None
-    if d.get("model_type") == "qwen2_parscale":
+    qwen3 = d.get("model_type") in ("qwen3", "qwen3_parscale")
+    if d.get("model_type") in ("qwen2_parscale", "qwen3_parscale"):
         p = d.get("parscale_n", 1)
         t = d.get("parscale_n_tokens", 48)
         smooth = d.get("parscale_attn_smooth", 0.01)
@@ -50,10 +53,13 @@ def parse_config(d: dict) -> RefConfig:
     return RefConfig(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
         intermediate_size=d["intermediate_size"], num_layers=d["num_hidden_layers"],
-        num_heads=heads, num_kv_heads=kv, head_dim=d["hidden_size"] // heads,
+        num_heads=heads, num_kv_heads=kv,
+        # Qwen3's config class defaults head_dim to 128; Qwen2 derives it from hidden/heads.
+        head_dim=(d.get("head_dim") or 128) if qwen3 else d["hidden_size"] // heads,
         rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(d.get("rope_theta", 10000.0)),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-        parscale_n=p, parscale_n_tokens=t if p > 1 else 0, parscale_attn_smooth=float(smooth))
+        parscale_n=p, parscale_n_tokens=t if p > 1 else 0, parscale_attn_smooth=float(smooth),
+        attention_bias=bool(d.get("attention_bias", False)) if qwen3 else True, qk_norm=qwen3)
 
 
 def lm_head_weight(cfg: RefConfig, w: dict) -> torch.Tensor:
@@ -66,6 +72,14 @@ def lm_head_weight(cfg: RefConfig, w: dict) -> torch.Tensor:
 def rms_norm(x, weight, eps):
     # x: [..., H]; normalise over the last dim then scale.
     return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def proj(cfg: RefConfig, w: dict, pre: str, name: str, h):
+    """h @ W^T (+ bias when the model has attention biases) for self_attn.{name}_proj."""
+    out = h @ w[pre + f"self_attn.{name}_proj.weight"].T
+    if cfg.attention_bias:
+        out = out + w[pre + f"self_attn.{name}_proj.bias"]
+    return out
 
 
 def rope_cos_sin(cfg: RefConfig, positions: torch.Tensor):
@@ -153,9 +167,14 @@ def forward_batched(cfg: RefConfig, w: dict, ids: torch.Tensor, cache: KVCache =
     for i in range(cfg.num_layers):
         pre = f"model.layers.{i}."
         h = rms_norm(x, w[pre + "input_layernorm.weight"], cfg.rms_norm_eps)
-        q = (h @ w[pre + "self_attn.q_proj.weight"].T + w[pre + "self_attn.q_proj.bias"]).view(n, l, nh, d).transpose(1, 2)
-        k = (h @ w[pre + "self_attn.k_proj.weight"].T + w[pre + "self_attn.k_proj.bias"]).view(n, l, kvh, d).transpose(1, 2)
-        v = (h @ w[pre + "self_attn.v_proj.weight"].T + w[pre + "self_attn.v_proj.bias"]).view(n, l, kvh, d).transpose(1, 2)
+        q = proj(cfg, w, pre, "q", h).view(n, l, nh, d)
+        k = proj(cfg, w, pre, "k", h).view(n, l, kvh, d)
+        if cfg.qk_norm:  # per head, over head_dim
+            q = rms_norm(q, w[pre + "self_attn.q_norm.weight"], cfg.rms_norm_eps)
+            k = rms_norm(k, w[pre + "self_attn.k_norm.weight"], cfg.rms_norm_eps)
+        q = q.transpose(1, 2)
+        k = k.transpose(1, 2)
+        v = proj(cfg, w, pre, "v", h).view(n, l, kvh, d).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         cache.keys[i] = torch.cat([cache.keys[i], k], dim=2)
@@ -204,14 +223,22 @@ def _plain_stream_hidden(cfg: RefConfig, w: dict, ids, stream):
     for i in range(cfg.num_layers):
         pre = f"model.layers.{i}."
         h = norm(x, w[pre + "input_layernorm.weight"])
-        q_all = h @ w[pre + "self_attn.q_proj.weight"].T + w[pre + "self_attn.q_proj.bias"]
-        k_all = h @ w[pre + "self_attn.k_proj.weight"].T + w[pre + "self_attn.k_proj.bias"]
-        v_all = h @ w[pre + "self_attn.v_proj.weight"].T + w[pre + "self_attn.v_proj.bias"]
+        q_all = h @ w[pre + "self_attn.q_proj.weight"].T
+        k_all = h @ w[pre + "self_attn.k_proj.weight"].T
+        v_all = h @ w[pre + "self_attn.v_proj.weight"].T
+        if cfg.attention_bias:
+            q_all = q_all + w[pre + "self_attn.q_proj.bias"]
+            k_all = k_all + w[pre + "self_attn.k_proj.bias"]
+            v_all = v_all + w[pre + "self_attn.v_proj.bias"]
+
+        def head_norm(rows, name):  # Qwen3: each head's [L, D] rows normalised separately
+            return norm(rows, w[pre + f"self_attn.{name}_norm.weight"]) if cfg.qk_norm else rows
+
         out = torch.zeros(l, nh * d, dtype=F64)
         for qh in range(nh):
             g = qh // group
-            q = rotate(q_all[:, qh * d:(qh + 1) * d])
-            k = rotate(k_all[:, g * d:(g + 1) * d])
+            q = rotate(head_norm(q_all[:, qh * d:(qh + 1) * d], "q"))
+            k = rotate(head_norm(k_all[:, g * d:(g + 1) * d], "k"))
             v = v_all[:, g * d:(g + 1) * d]
             if stream is not None:
                 k = torch.cat([w[pre + "self_attn.prefix_k"][stream, g], k], dim=0)
