@@ -13,6 +13,7 @@
 // the engine thread owns the pool.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/dtype.h"
@@ -41,18 +42,25 @@ class KvPool {
   int64_t pages_used() const { return n_pages_ - pages_free(); }
   int64_t page_tokens() const { return page_tokens_; }
   DType dtype() const { return dtype_; }
-  int64_t bytes() const { return static_cast<int64_t>(storage_.size()); }
+  int64_t bytes() const { return bytes_; }
 
   // Base of layer l's K (or V) pages: [n_pages][n_kv_heads][page_tokens][head_dim] of dtype().
-  void* k_layer(int64_t l) { return storage_.data() + static_cast<size_t>((2 * l) * layer_bytes_); }
-  void* v_layer(int64_t l) { return storage_.data() + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
-  const void* k_layer(int64_t l) const { return storage_.data() + static_cast<size_t>((2 * l) * layer_bytes_); }
-  const void* v_layer(int64_t l) const { return storage_.data() + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
+  void* k_layer(int64_t l) { return storage_.get() + static_cast<size_t>((2 * l) * layer_bytes_); }
+  void* v_layer(int64_t l) { return storage_.get() + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
+  const void* k_layer(int64_t l) const { return storage_.get() + static_cast<size_t>((2 * l) * layer_bytes_); }
+  const void* v_layer(int64_t l) const { return storage_.get() + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
 
  private:
   DType dtype_ = DType::F32;
   int64_t n_pages_ = 0, page_tokens_ = 0, layer_bytes_ = 0;
-  std::vector<uint8_t> storage_;
+  // Page storage: an anonymous private mapping reserved without commitment (MAP_NORESERVE), so
+  // a large pool costs memory only for the pages actually written.
+  struct Unmap {
+    size_t bytes;  // of the mapping
+    void operator()(uint8_t* p) const;
+  };
+  int64_t bytes_ = 0;
+  std::unique_ptr<uint8_t, Unmap> storage_;
   std::vector<int32_t> refcount_;
   std::vector<int32_t> free_;  // stack of free page ids
 };

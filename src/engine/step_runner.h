@@ -1,0 +1,18 @@
+// The model pass the scheduler drives, behind an interface so the scheduling policy can be
+// tested against a small deterministic double. Production: BatchForward (engine.cpp).
+#pragma once
+#include <span>
+
+#include "engine/batch_forward.h"
+
+namespace parscale {
+
+class StepRunner {
+ public:
+  virtual ~StepRunner() = default;
+  // Same contract as BatchForward::run: every stream row's block table holds
+  // ceil((length + n_new) / page_tokens) pages; pages receiving new tokens have one holder.
+  virtual void run(std::span<const SequenceChunk> batch, BatchOutputs& out) = 0;
+};
+
+}  // namespace parscale
