@@ -19,6 +19,7 @@ const char* finish_reason_name(FinishReason r) {
 bool RequestHandle::next(EngineEvent& out, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lk(mu_);
   if (finished_taken_) return false;
+  if (events_.empty() && timeout.count() <= 0) return false;  // poll: no timed wait
   if (!cv_.wait_for(lk, timeout, [&] { return !events_.empty(); })) return false;
   out = std::move(events_.front());
   events_.pop_front();

@@ -10,8 +10,9 @@ namespace parscale {
 class StepRunner {
  public:
   virtual ~StepRunner() = default;
-  // Same contract as BatchForward::run: every stream row's block table holds
-  // ceil((length + n_new) / page_tokens) pages; pages receiving new tokens have one holder.
+  // Same contract as BatchForward::run: every stream row's block table holds at least
+  // ceil((length + n_new) / page_tokens) pages (the scheduler reserves a prompt's pages at
+  // admission, so a prefill chunk may see more); pages receiving new tokens have one holder.
   virtual void run(std::span<const SequenceChunk> batch, BatchOutputs& out) = 0;
 };
 
