@@ -298,7 +298,7 @@ bool Scheduler::try_admit(Sequence& seq) {
   for (int64_t id : chain)
     if (pool_.refcount(entries_.at(id).pages[0]) == 1) chain_evictable += P;
   const int64_t need = P * (pages_per_row(total) - static_cast<int64_t>(chain.size()));
-  if (need > pool_.pages_free() + evictable_pages() - chain_evictable) return false;
+  if (need > pool_.pages_free() && need > pool_.pages_free() + evictable_pages() - chain_evictable) return false;
 
   for (int64_t id : chain) {
     CacheEntry& e = entries_.at(id);
