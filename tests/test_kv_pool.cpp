@@ -56,7 +56,6 @@ TEST(KvPool, RejectsBadShapes) {
   EXPECT_THROW(KvPool(c, DType::I8, 16, 4), Error);
   EXPECT_THROW(KvPool(c, DType::F32, 0, 4), Error);
   EXPECT_THROW(KvPool(c, DType::F32, 16, 0), Error);
-  EXPECT_THROW(KvPool::pages_for_bytes(c, DType::F32, 16, -1), Error);
 }
 
 TEST(KvPool, AllocateRetainRelease) {

@@ -1,0 +1,251 @@
+// The serving engine end to end with the real model pass (BatchForward): the golden fixtures'
+// reference logits through prompt logprobs, golden greedy ids, and on the demo model (backbone +
+// P = 2, 4 adapters) a mixed, chunked, preempting, prefix-caching run that must give every request
+// the same tokens (and log-probabilities within 1e-5) as running it alone.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "engine/engine.h"
+#include "model/kv_pool.h"
+#include "model/weights.h"
+#include "test_util.h"
+
+using namespace parscale;
+
+namespace {
+
+struct Result {
+  std::vector<EngineEvent> tokens;
+  std::vector<EngineEvent::Position> prompt;
+  EngineEvent finish;
+  bool finished = false;
+  std::vector<int32_t> ids() const {
+    std::vector<int32_t> v;
+    for (const auto& e : tokens) v.push_back(e.token);
+    return v;
+  }
+};
+
+Result wait(RequestHandle& h) {
+  Result r;
+  EngineEvent e;
+  while (h.next(e, std::chrono::milliseconds(120000))) {
+    if (e.kind == EngineEvent::Kind::Token) r.tokens.push_back(e);
+    if (e.kind == EngineEvent::Kind::PromptLogprobs) r.prompt = e.prompt;
+    if (e.kind == EngineEvent::Kind::Finished) {
+      r.finished = true;
+      r.finish = e;
+    }
+  }
+  EXPECT_TRUE(r.finished);
+  return r;
+}
+
+// Submits all requests at once, then waits for each.
+std::vector<Result> run_together(Engine& engine, const std::vector<EngineRequest>& reqs) {
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (const auto& r : reqs) hs.push_back(engine.submit(r));
+  std::vector<Result> out;
+  for (auto& h : hs) out.push_back(wait(*h));
+  return out;
+}
+
+// Each request alone, one after the other, on an engine without prefix cache.
+std::vector<Result> run_alone(const ModelWeights& w, std::vector<std::shared_ptr<const Adapter>> extra,
+                              const std::vector<EngineRequest>& reqs) {
+  EngineOptions o;
+  o.prefix_cache = false;
+  Engine engine(w.backbone, w.adapter, std::move(extra), o);
+  std::vector<Result> out;
+  for (const auto& r : reqs) out.push_back(wait(*engine.submit(r)));
+  return out;
+}
+
+void expect_same(const Result& got, const Result& alone, const std::string& what) {
+  ASSERT_EQ(got.ids(), alone.ids()) << what;
+  for (size_t t = 0; t < alone.tokens.size(); ++t)
+    EXPECT_NEAR(got.tokens[t].logprob, alone.tokens[t].logprob, 1e-5) << what << " token " << t;
+  ASSERT_EQ(got.prompt.size(), alone.prompt.size()) << what;
+  for (size_t t = 0; t < alone.prompt.size(); ++t)
+    EXPECT_NEAR(got.prompt[t].logprob, alone.prompt[t].logprob, 1e-5) << what << " prompt position " << t;
+  EXPECT_EQ(got.finish.finish, alone.finish.finish) << what;
+}
+
+// log_softmax(row)[id] in double.
+double ref_logprob(const std::vector<double>& row, int32_t id) {
+  const double mx = *std::max_element(row.begin(), row.end());
+  double s = 0.0;
+  for (double x : row) s += std::exp(x - mx);
+  return row[static_cast<size_t>(id)] - mx - std::log(s);
+}
+
+class EngineGolden : public ::testing::TestWithParam<std::string> {};
+
+}  // namespace
+
+TEST_P(EngineGolden, MatchesTheReferenceChunkedAndMixed) {
+  const std::string dir = (test::fixtures_dir() / "models" / GetParam()).string();
+  const ModelWeights w = load_model(dir);
+  const auto j = test::read_json(test::fixtures_dir() / "models" / GetParam() / "golden.json");
+  const auto sequences = j["sequences"].get<std::vector<std::vector<int32_t>>>();
+  const auto logits = j["logits"].get<std::vector<std::vector<std::vector<double>>>>();
+
+  std::vector<EngineRequest> reqs;
+  for (const auto& seq : sequences) {
+    EngineRequest r;
+    r.prompt = seq;
+    r.max_tokens = 1;
+    r.sampling.temperature = 0.0f;
+    r.prompt_logprobs = true;
+    r.top_logprobs = 1;
+    r.ignore_eos = true;
+    reqs.push_back(r);
+  }
+  EngineRequest greedy;
+  greedy.prompt = j["greedy"]["prompt"].get<std::vector<int32_t>>();
+  greedy.max_tokens = j["greedy"]["max_tokens"].get<int64_t>();
+  greedy.sampling.temperature = 0.0f;
+  greedy.ignore_eos = true;
+  reqs.push_back(greedy);
+  reqs.push_back(greedy);  // twice: the second may reuse the first one's prompt pages
+
+  // Small pages and passes: prompts go in chunks beside other sequences' decode tokens.
+  EngineOptions o;
+  o.page_tokens = 4;
+  o.batch_rows = 8;
+  Engine engine(w.backbone, w.adapter, {}, o);
+  ASSERT_EQ(engine.models().size(), 1u);
+  EXPECT_EQ(engine.models()[0].streams, w.config.streams());
+  const std::vector<Result> got = run_together(engine, reqs);
+
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const auto& seq = sequences[i];
+    const std::string what = GetParam() + " sequence " + std::to_string(i);
+    ASSERT_EQ(got[i].prompt.size(), seq.size() - 1) << what;
+    for (size_t p = 0; p + 1 < seq.size(); ++p) {
+      const double want = ref_logprob(logits[i][p], seq[p + 1]);
+      EXPECT_NEAR(got[i].prompt[p].logprob, want, 4e-3 + 2e-3 * std::fabs(want)) << what << " position " << p;
+    }
+    // The generated token is the reference's argmax at the last position, with its logprob.
+    const auto& last = logits[i].back();
+    const int32_t want_id = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+    ASSERT_EQ(got[i].tokens.size(), 1u) << what;
+    EXPECT_EQ(got[i].tokens[0].token, want_id) << what;
+    EXPECT_NEAR(got[i].tokens[0].logprob, ref_logprob(last, want_id), 4e-3) << what;
+  }
+  const auto golden_ids = j["greedy"]["ids"].get<std::vector<int32_t>>();
+  EXPECT_EQ(got[sequences.size()].ids(), golden_ids);
+  EXPECT_EQ(got[sequences.size() + 1].ids(), golden_ids);
+
+  // Mixed and chunked equals alone.
+  const std::vector<Result> alone = run_alone(w, {}, reqs);
+  for (size_t i = 0; i < reqs.size(); ++i) expect_same(got[i], alone[i], GetParam() + " request " + std::to_string(i));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, EngineGolden, ::testing::ValuesIn(test::model_fixture_names()));
+
+namespace {
+
+struct Demo {
+  ModelWeights w;
+  std::vector<std::shared_ptr<const Adapter>> extra;
+  Demo() {
+    const std::string dir = (test::source_dir() / "models" / "demo").string();
+    w = load_model(dir);
+    extra.push_back(load_adapter({dir + "/adapter-p2.safetensors"}, w.config));
+    extra.push_back(load_adapter({dir + "/adapter-p4.safetensors"}, w.config));
+  }
+};
+
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int64_t V) {
+  std::vector<int32_t> v;
+  for (int64_t i = 0; i < n; ++i) v.push_back(static_cast<int32_t>(rng() % static_cast<uint64_t>(V - 8)));
+  return v;
+}
+
+}  // namespace
+
+TEST(EngineDemo, MixedModelsMatchEachAlone) {
+  const Demo d;
+  const int64_t V = d.w.config.vocab_size;
+  std::mt19937_64 rng(7);
+  const std::vector<int32_t> shared = random_tokens(rng, 40, V);
+  std::vector<EngineRequest> reqs;
+  for (int i = 0; i < 9; ++i) {
+    EngineRequest r;
+    r.model = i % 3;  // P = 1, 2, 4
+    if (i % 2 == 0) r.prompt = shared;
+    const auto tail = random_tokens(rng, 5 + 9 * i, V);
+    r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
+    r.max_tokens = 6 + i % 4;
+    r.sampling.temperature = i % 3 == 1 ? 0.8f : 0.0f;
+    r.sampling.top_p = 0.95f;
+    r.sampling.seed = 1000 + static_cast<uint64_t>(i);
+    r.top_logprobs = 2;
+    r.ignore_eos = true;
+    r.prompt_logprobs = i == 4;
+    reqs.push_back(r);
+  }
+  // A pool of 40 pages of 16 tokens for requests of up to 4 x 6 pages: requests wait and
+  // running ones get preempted; 64 rows a pass: prompts go in chunks.
+  EngineOptions o;
+  o.page_tokens = 16;
+  o.batch_rows = 64;
+  o.kv_memory_bytes = 40 * KvPool::page_bytes(d.w.config, DType::F32, 16);
+  Engine engine(d.w.backbone, d.w.adapter, d.extra, o);
+  ASSERT_EQ(engine.models().size(), 3u);
+  EXPECT_EQ(engine.models()[1].streams, 2);
+  EXPECT_EQ(engine.models()[2].streams, 4);
+  const std::vector<Result> got = run_together(engine, reqs);
+  const std::vector<Result> alone = run_alone(d.w, d.extra, reqs);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    expect_same(got[i], alone[i], "request " + std::to_string(i));
+    EXPECT_EQ(got[i].tokens.size(), static_cast<size_t>(reqs[i].max_tokens));
+    if (!got[i].tokens.empty()) {
+      EXPECT_TRUE(got[i].tokens[0].stream_weights.empty());  // not asked for
+    }
+  }
+  engine.shutdown(true);
+  const EngineStats st = engine.stats();
+  EXPECT_EQ(st.kv_pages_used, st.kv_pages_cached);
+  EXPECT_EQ(st.per_streams.at(4).requests_total, 3);
+  EXPECT_EQ(st.per_streams.at(2).generation_tokens_total, 7 + 6 + 9);
+}
+
+TEST(EngineDemo, PrefixCacheKeepsTheOutput) {
+  const Demo d;
+  const int64_t V = d.w.config.vocab_size;
+  std::mt19937_64 rng(11);
+  const std::vector<int32_t> shared = random_tokens(rng, 200, V);
+  EngineRequest a, b;
+  a.model = b.model = 1;  // P = 2
+  a.prompt = shared;
+  a.prompt.push_back(5);
+  b.prompt = std::vector<int32_t>(shared.begin(), shared.begin() + 192);
+  const auto tail = random_tokens(rng, 20, V);
+  b.prompt.insert(b.prompt.end(), tail.begin(), tail.end());
+  a.max_tokens = b.max_tokens = 5;
+  a.sampling.temperature = 0.0f;
+  b.sampling.temperature = 0.7f;
+  b.sampling.seed = 3;
+  a.ignore_eos = b.ignore_eos = true;
+  a.stream_weights = b.stream_weights = true;
+
+  EngineOptions o;
+  o.page_tokens = 16;
+  Engine engine(d.w.backbone, d.w.adapter, d.extra, o);
+  const Result ra = wait(*engine.submit(a));
+  const Result rb = wait(*engine.submit(b));
+  EXPECT_EQ(ra.finish.cached_prompt_tokens, 0);
+  EXPECT_EQ(rb.finish.cached_prompt_tokens, 192);
+  const std::vector<Result> alone = run_alone(d.w, d.extra, {a, b});
+  expect_same(ra, alone[0], "first");
+  expect_same(rb, alone[1], "second (prefix from the cache)");
+  for (const auto& t : rb.tokens) {
+    ASSERT_EQ(t.stream_weights.size(), 2u);
+    EXPECT_NEAR(t.stream_weights[0] + t.stream_weights[1], 1.0f, 1e-5);
+  }
+  EXPECT_EQ(engine.stats().per_streams.at(2).cached_prompt_tokens_total, 192);
+}
