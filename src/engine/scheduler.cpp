@@ -535,6 +535,7 @@ void Scheduler::fill_stats(EngineStats& st) const {
   st.page_tokens = page_tokens_;
   st.steps = steps_;
   st.preemptions = preemptions_;
+  st.rows_computed = rows_computed_;
   st.per_streams = per_streams_;
   for (const auto& s : running_) ++st.per_streams[s->streams].running;
   for (const auto& s : waiting_) ++st.per_streams[s->streams].waiting;
