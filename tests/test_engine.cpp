@@ -7,7 +7,9 @@
 #include <cmath>
 #include <random>
 
+#include "engine/batch_forward.h"
 #include "engine/engine.h"
+#include "engine/scheduler.h"
 #include "model/kv_pool.h"
 #include "model/weights.h"
 #include "test_util.h"
@@ -165,11 +167,9 @@ std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int64_t V) {
   return v;
 }
 
-}  // namespace
-
-TEST(EngineDemo, MixedModelsMatchEachAlone) {
-  const Demo d;
-  const int64_t V = d.w.config.vocab_size;
+// Nine requests over P = 1, 2, 4: greedy and seeded sampling, some sharing a 40-token prefix,
+// one asking for prompt logprobs.
+std::vector<EngineRequest> demo_mix(int64_t V) {
   std::mt19937_64 rng(7);
   const std::vector<int32_t> shared = random_tokens(rng, 40, V);
   std::vector<EngineRequest> reqs;
@@ -188,8 +188,69 @@ TEST(EngineDemo, MixedModelsMatchEachAlone) {
     r.prompt_logprobs = i == 4;
     reqs.push_back(r);
   }
-  // A pool of 40 pages of 16 tokens for requests of up to 4 x 6 pages: requests wait and
-  // running ones get preempted; 64 rows a pass: prompts go in chunks.
+  return reqs;
+}
+
+// The production model pass behind the scheduler's interface (no engine thread: the test
+// drives the steps itself, so the schedule is deterministic).
+class BatchForwardRunner : public StepRunner {
+ public:
+  BatchForwardRunner(const Backbone& b, KvPool& pool) : forward_(b, pool) {}
+  void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override { forward_.run(batch, out); }
+
+ private:
+  BatchForward forward_;
+};
+
+}  // namespace
+
+TEST(EngineDemo, PreemptionAndChunkingKeepEveryOutput) {
+  const Demo d;
+  // Short prompts, long generations: sequences admitted together outgrow a pool of 48 pages of
+  // 4 tokens (the largest needs 4 x 10 alone), so the newest are preempted and recomputed; the
+  // 70-token prompt goes in chunks of the 32 rows a pass.
+  std::mt19937_64 rng(3);
+  const int64_t V = d.w.config.vocab_size;
+  std::vector<EngineRequest> reqs;
+  for (int i = 0; i < 4; ++i) {
+    EngineRequest r;
+    r.model = i == 3 ? 0 : (i == 1 ? 1 : 2);  // P = 4, 2, 4, 1
+    r.prompt = random_tokens(rng, i == 3 ? 70 : 8, V);
+    r.max_tokens = i == 3 ? 10 : 30;
+    r.sampling.temperature = i % 2 ? 0.9f : 0.0f;
+    r.sampling.seed = 50 + static_cast<uint64_t>(i);
+    r.ignore_eos = true;
+    reqs.push_back(r);
+  }
+  EngineOptions o;
+  o.page_tokens = 4;
+  o.batch_rows = 32;
+  KvPool pool(d.w.config, DType::F32, 4, 48);
+  BatchForwardRunner runner(*d.w.backbone, pool);
+  Scheduler sched(d.w.config, {{1, nullptr}, {2, d.extra[0].get()}, {4, d.extra[1].get()}}, pool, runner, o);
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (const auto& r : reqs) {
+    sched.validate(r);
+    hs.push_back(std::make_shared<RequestHandle>(hs.size()));
+    sched.add(r, hs.back(), Scheduler::Clock::now());
+  }
+  for (int step = 0; step < 10000 && !sched.idle(); ++step) sched.step();
+  ASSERT_TRUE(sched.idle());
+  EngineStats st;
+  sched.fill_stats(st);
+  EXPECT_GT(st.preemptions, 0);
+  const std::vector<Result> alone = run_alone(d.w, d.extra, reqs);
+  for (size_t i = 0; i < reqs.size(); ++i) expect_same(wait(*hs[i]), alone[i], "request " + std::to_string(i));
+  sched.clear_prefix_cache();
+  EXPECT_EQ(pool.pages_free(), pool.pages_total());
+}
+
+TEST(EngineDemo, MixedModelsMatchEachAlone) {
+  const Demo d;
+  const std::vector<EngineRequest> reqs = demo_mix(d.w.config.vocab_size);
+  // A pool of 40 pages of 16 tokens for requests of up to 4 x 8 pages: requests wait for pages
+  // (and may be preempted, depending on when the engine thread sees them); 64 rows a pass:
+  // prompts go in chunks beside decoding sequences.
   EngineOptions o;
   o.page_tokens = 16;
   o.batch_rows = 64;
