@@ -16,7 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
-#include <list>
+#include <map>
 #include <memory>
 #include <unordered_map>
 #include <vector>
