@@ -51,29 +51,17 @@ uint64_t mix64(uint64_t x) {
   return x;
 }
 
-// log-softmax normaliser of a logits row.
-double log_sum_exp(const float* x, int64_t n) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
-  double s = 0.0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(x[i]) - mx);
-  return mx + std::log(s);
-}
-
-// The `k` largest logits (descending, lower id first on ties) as log-probabilities.
-std::vector<TokenLogprob> top_logprobs(const float* x, int64_t n, int64_t k, double lse) {
-  std::vector<TokenLogprob> top;
-  if (k <= 0) return top;
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-  k = std::min(k, n);
-  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
-                    [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
-  for (int64_t i = 0; i < k; ++i) {
-    const int32_t id = ids[static_cast<size_t>(i)];
-    top.push_back({id, static_cast<float>(x[id] - lse)});
+// log p(chosen) and the n most likely tokens of a raw logits row (shared with the CLI's
+// logprobs: sampling.h's top_logprobs).
+float logprob_and_top(const float* logits, int64_t V, int n, int32_t chosen, std::vector<TokenLogprob>* top) {
+  float lp = 0.0f;
+  std::vector<std::pair<int32_t, float>> pairs;
+  top_logprobs(logits, V, n, chosen, &lp, top ? &pairs : nullptr);
+  if (top) {
+    top->clear();
+    for (const auto& [id, l] : pairs) top->push_back({id, l});
   }
-  return top;
+  return lp;
 }
 
 }  // namespace
@@ -365,14 +353,20 @@ void Scheduler::finish(Sequence& seq, FinishReason reason) {
 }
 
 void Scheduler::emit_token(Sequence& seq, const float* logits, const float* weights) {
-  const double lse = log_sum_exp(logits, vocab_);
   scratch_.assign(logits, logits + vocab_);
-  const int32_t id = seq.sampler.sample(scratch_.data(), vocab_, seq.tokens);
   EngineEvent e;
   e.kind = EngineEvent::Kind::Token;
-  e.token = id;
-  e.logprob = static_cast<float>(logits[id] - lse);
-  if (seq.req.top_logprobs > 0) e.top = top_logprobs(logits, vocab_, seq.req.top_logprobs, lse);
+  try {
+    // Presence / frequency penalties count the generated tokens only.
+    e.token = seq.sampler.sample(scratch_.data(), vocab_, seq.tokens, static_cast<size_t>(seq.prompt_len));
+    e.logprob = logprob_and_top(logits, vocab_, std::max(0, seq.req.top_logprobs), e.token,
+                                seq.req.top_logprobs > 0 ? &e.top : nullptr);
+  } catch (const Error&) {
+    // A broken logits row (NaN / +inf) ends this request only.
+    finish(seq, FinishReason::Cancelled);
+    return;
+  }
+  const int32_t id = e.token;
   if (seq.req.stream_weights) e.stream_weights.assign(weights, weights + seq.streams);
   seq.tokens.push_back(id);
   ++seq.generated;
@@ -488,10 +482,13 @@ void Scheduler::step() {
     if (pos == static_cast<int64_t>(s.tokens.size()) - 1) last_row[si] = r;
     if (s.req.prompt_logprobs && !s.prompt_done && pos < s.prompt_len - 1 &&
         pos == static_cast<int64_t>(s.prompt_lp.size())) {
-      const double lse = log_sum_exp(logits, vocab_);
       EngineEvent::Position p;
-      p.logprob = static_cast<float>(logits[s.tokens[static_cast<size_t>(pos + 1)]] - lse);
-      p.top = top_logprobs(logits, vocab_, std::max(0, s.req.top_logprobs), lse);
+      try {
+        p.logprob = logprob_and_top(logits, vocab_, std::max(0, s.req.top_logprobs),
+                                    s.tokens[static_cast<size_t>(pos + 1)], &p.top);
+      } catch (const Error&) {
+        p.logprob = std::numeric_limits<float>::quiet_NaN();  // a broken row; the token step ends it
+      }
       s.prompt_lp.push_back(std::move(p));
     }
   }
