@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -32,6 +33,7 @@ class FakeRunner : public StepRunner {
   int64_t rows = 0;    // stream rows computed over all passes
   int64_t passes = 0;
   int64_t max_rows_seen = 0;
+  int64_t nan_streams = 0;  // sequences of this P get NaN logits (a broken model output)
 
   void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override {
     const int64_t pt = pool_.page_tokens();
@@ -77,7 +79,8 @@ class FakeRunner : public StepRunner {
           }
         }
         for (int64_t v = 0; v < vocab_; ++v)
-          out.logits.push_back(static_cast<float>(fake_mix(h ^ static_cast<uint64_t>(v)) % 2000) / 200.0f - 5.0f);
+          out.logits.push_back(P == nan_streams ? std::numeric_limits<float>::quiet_NaN()
+                                                : static_cast<float>(fake_mix(h ^ static_cast<uint64_t>(v)) % 2000) / 200.0f - 5.0f);
         out.row_sequence.push_back(static_cast<int32_t>(i));
         out.row_position.push_back(static_cast<int32_t>(p));
         out.row_weight_offset.push_back(static_cast<int32_t>(out.stream_weights.size()));

@@ -275,6 +275,23 @@ TEST(Scheduler, CancelReleasesPagesWithinOneStep) {
   EXPECT_EQ(h.pool.pages_free(), h.pool.pages_total());
 }
 
+TEST(Scheduler, BrokenLogitsEndOnlyTheirRequest) {
+  Harness h(64, 4, 32);
+  h.runner->nan_streams = 3;
+  auto bad = h.submit(request(2, iota_tokens(6, 1), 5));
+  auto good = h.submit(request(0, iota_tokens(6, 1), 5));
+  h.run();
+  Result rb, rg;
+  drain(*bad, rb);
+  drain(*good, rg);
+  EXPECT_EQ(rb.finish.finish, FinishReason::Cancelled);
+  EXPECT_TRUE(rb.tokens.empty());
+  EXPECT_EQ(rg.finish.finish, FinishReason::Length);
+  EXPECT_EQ(rg.tokens.size(), 5u);
+  h.sched->clear_prefix_cache();
+  EXPECT_EQ(h.pool.pages_free(), h.pool.pages_total());
+}
+
 TEST(Scheduler, PreemptionByRecomputeKeepsTheOutput) {
   // 12 pages of 4 tokens; three P = 2 requests of 8 + 12 tokens (5 pages per stream row at the
   // end): they cannot all grow at once.
