@@ -5,6 +5,8 @@
 #include <limits>
 #include <string>
 
+#include <omp.h>
+
 #include "core/error.h"
 #include "parscale/adapter.h"
 
@@ -171,16 +173,22 @@ int64_t Scheduler::evictable_pages() const {
 }
 
 bool Scheduler::evict_one() {
-  int64_t victim = -1;
-  uint64_t oldest = std::numeric_limits<uint64_t>::max();
-  for (const auto& [id, e] : entries_)
-    if (e.children == 0 && pool_.refcount(e.pages[0]) == 1 && e.last_use < oldest) {
-      oldest = e.last_use;
-      victim = id;
+  // Oldest first; entries in use or with children are passed over (they are few near the old
+  // end: in-use entries were touched when their sequence was admitted).
+  for (const auto& [use, id] : lru_) {
+    const CacheEntry& e = entries_.at(id);
+    if (e.children == 0 && pool_.refcount(e.pages[0]) == 1) {
+      remove_entry(id);
+      return true;
     }
-  if (victim < 0) return false;
-  remove_entry(victim);
-  return true;
+  }
+  return false;
+}
+
+void Scheduler::touch(int64_t id, CacheEntry& e) {
+  lru_.erase({e.last_use, id});
+  e.last_use = ++use_clock_;
+  lru_.insert({e.last_use, id});
 }
 
 void Scheduler::remove_entry(int64_t id) {
@@ -188,6 +196,7 @@ void Scheduler::remove_entry(int64_t id) {
   for (int32_t p : e.pages) pool_.release(p);
   cached_pages_ -= static_cast<int64_t>(e.pages.size());
   if (e.parent >= 0) --entries_.at(e.parent).children;
+  lru_.erase({e.last_use, id});
   auto [lo, hi] = by_key_.equal_range(e.key);
   for (auto it = lo; it != hi; ++it)
     if (it->second == id) {
@@ -231,7 +240,7 @@ void Scheduler::cache_insert(Sequence& seq) {
         pool_.release(seq.tables[s][static_cast<size_t>(i)]);
         seq.tables[s][static_cast<size_t>(i)] = e.pages[s];
       }
-      e.last_use = ++use_clock_;
+      touch(existing, e);
     } else {
       CacheEntry e;
       e.model = seq.req.model;
@@ -248,6 +257,7 @@ void Scheduler::cache_insert(Sequence& seq) {
       cached_pages_ += static_cast<int64_t>(e.pages.size());
       existing = next_entry_++;
       by_key_.emplace(key, existing);
+      lru_.insert({e.last_use, existing});
       entries_.emplace(existing, std::move(e));
     }
     seq.cache_tail = existing;
@@ -290,7 +300,7 @@ bool Scheduler::try_admit(Sequence& seq) {
 
   for (int64_t id : chain) {
     CacheEntry& e = entries_.at(id);
-    e.last_use = ++use_clock_;
+    touch(id, e);
     for (size_t s = 0; s < seq.tables.size(); ++s) {
       pool_.retain(e.pages[s]);
       seq.tables[s].push_back(e.pages[s]);
@@ -352,16 +362,22 @@ void Scheduler::finish(Sequence& seq, FinishReason reason) {
   seq.handle->push(std::move(e));
 }
 
-void Scheduler::emit_token(Sequence& seq, const float* logits, const float* weights) {
-  scratch_.assign(logits, logits + vocab_);
-  EngineEvent e;
+bool Scheduler::pick(Sequence& seq, const float* logits, std::vector<float>& scratch, EngineEvent& e) const {
+  scratch.assign(logits, logits + vocab_);
   e.kind = EngineEvent::Kind::Token;
   try {
     // Presence / frequency penalties count the generated tokens only.
-    e.token = seq.sampler.sample(scratch_.data(), vocab_, seq.tokens, static_cast<size_t>(seq.prompt_len));
+    e.token = seq.sampler.sample(scratch.data(), vocab_, seq.tokens, static_cast<size_t>(seq.prompt_len));
     e.logprob = logprob_and_top(logits, vocab_, std::max(0, seq.req.top_logprobs), e.token,
                                 seq.req.top_logprobs > 0 ? &e.top : nullptr);
   } catch (const Error&) {
+    return false;
+  }
+  return true;
+}
+
+void Scheduler::emit_token(Sequence& seq, EngineEvent e, bool ok, const float* weights) {
+  if (!ok) {
     // A broken logits row (NaN / +inf) ends this request only.
     finish(seq, FinishReason::Cancelled);
     return;
@@ -492,6 +508,7 @@ void Scheduler::step() {
       s.prompt_lp.push_back(std::move(p));
     }
   }
+  picks_.clear();
   for (size_t i = 0; i < chunks_.size(); ++i) {
     Sequence& s = *chunk_seq_[i];
     s.computed += chunks_[i].n_new;
@@ -512,12 +529,27 @@ void Scheduler::step() {
       finish(s, FinishReason::Length);
       continue;
     }
-    const int64_t r = last_row[i];
-    if (r < 0) throw Error("engine: internal error: the model pass returned no logits for a sequence");
+    if (last_row[i] < 0) throw Error("engine: internal error: the model pass returned no logits for a sequence");
+    picks_.push_back({i, EngineEvent{}, false});
+  }
+  // Next tokens: sampling and log-softmax over V per sequence, independent (each sequence has
+  // its own sampler), so in parallel; the events then go out in batch order.
+  const int64_t n_picks = static_cast<int64_t>(picks_.size());
+  scratch_.resize(static_cast<size_t>(std::max(1, omp_get_max_threads())));
+#pragma omp parallel for schedule(dynamic, 1) if (n_picks > 1)
+  for (int64_t k = 0; k < n_picks; ++k) {
+    Pick& p = picks_[static_cast<size_t>(k)];
+    const int64_t r = last_row[p.chunk];
+    p.ok = pick(*chunk_seq_[p.chunk], out_.logits.data() + r * vocab_,
+                scratch_[static_cast<size_t>(omp_get_thread_num())], p.event);
+  }
+  for (Pick& p : picks_) {
+    Sequence& s = *chunk_seq_[p.chunk];
+    const int64_t r = last_row[p.chunk];
     const float* weights = s.req.stream_weights
                                ? out_.stream_weights.data() + out_.row_weight_offset[static_cast<size_t>(r)]
                                : nullptr;
-    emit_token(s, out_.logits.data() + r * vocab_, weights);
+    emit_token(s, std::move(p.event), p.ok, weights);
   }
   std::erase_if(running_, [](const auto& s) { return s->done; });
   step_seconds_.observe(std::chrono::duration<double>(Clock::now() - t0).count());

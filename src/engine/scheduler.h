@@ -18,6 +18,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
@@ -87,6 +88,7 @@ class Scheduler {
   // Registers seq's computed full prompt pages in the cache.
   void cache_insert(Sequence& seq);
   void remove_entry(int64_t id);
+  void touch(int64_t id, CacheEntry& e);  // marks e most recently used
 
   bool try_admit(Sequence& seq);
   // Gives `seq` pages for `tokens` tokens per row; may evict and preempt (never seq itself unless
@@ -95,7 +97,11 @@ class Scheduler {
   void preempt(size_t index);
   void release_pages(Sequence& seq);
   void finish(Sequence& seq, FinishReason reason);
-  void emit_token(Sequence& seq, const float* logits, const float* weights);
+  // The next token of seq from its logits row [V] (sampler, log-probabilities) into e; false on
+  // a broken row. Touches only seq and scratch: sequences are picked in parallel.
+  bool pick(Sequence& seq, const float* logits, std::vector<float>& scratch, EngineEvent& e) const;
+  // Pushes the picked token, appends it, checks the stop conditions.
+  void emit_token(Sequence& seq, EngineEvent e, bool ok, const float* weights);
 
   ModelConfig config_;
   std::vector<SchedulerModel> models_;
@@ -111,6 +117,7 @@ class Scheduler {
   // Prefix cache.
   std::unordered_map<int64_t, CacheEntry> entries_;
   std::unordered_multimap<uint64_t, int64_t> by_key_;  // key (model mixed in) -> entry id
+  std::set<std::pair<uint64_t, int64_t>> lru_;         // (last_use, entry id), oldest first
   int64_t next_entry_ = 0, cached_pages_ = 0;
   uint64_t use_clock_ = 0;
 
@@ -119,7 +126,13 @@ class Scheduler {
   std::vector<Sequence*> chunk_seq_;
   std::vector<std::vector<const std::vector<int32_t>*>> table_ptrs_;
   BatchOutputs out_;
-  std::vector<float> scratch_;
+  struct Pick {
+    size_t chunk;
+    EngineEvent event;
+    bool ok;
+  };
+  std::vector<Pick> picks_;
+  std::vector<std::vector<float>> scratch_;  // per OpenMP thread: a logits row the sampler edits
 
   // Counters.
   int64_t steps_ = 0, preemptions_ = 0, rows_computed_ = 0;
