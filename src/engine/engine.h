@@ -146,6 +146,7 @@ struct EngineStats {
   int64_t running = 0, waiting = 0;
   int64_t kv_pages_used = 0, kv_pages_total = 0, kv_pages_cached = 0, page_tokens = 0;
   int64_t steps = 0, preemptions = 0;
+  int64_t rows_computed = 0;  // stream rows of all model passes (sum of P x new tokens): the compute
   struct PerStreams {
     int64_t requests_total = 0, prompt_tokens_total = 0, cached_prompt_tokens_total = 0;
     int64_t generation_tokens_total = 0, running = 0, waiting = 0;
