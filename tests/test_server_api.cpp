@@ -402,6 +402,9 @@ TEST(ServerApi, ChatFormatting) {
   ASSERT_TRUE(ch["choices"][0].contains("parscale"));
   EXPECT_EQ(ch["choices"][0]["parscale"]["stream_weights"][0].size(), 4u);
   EXPECT_EQ(ch["choices"][0]["parscale"]["tokens"][0], c.tok.token_bytes(id));
+  // Floats print as their shortest decimal, not as the binary expansion of the float.
+  EXPECT_NE(dump_json(ch).find("[0.1,0.2,0.3,0.4]"), std::string::npos) << dump_json(ch);
+  EXPECT_NE(dump_json(ch).find("\"logprob\":-0.25"), std::string::npos);
   json u = usage_chunk(r, "chatcmpl-1", 9, Usage{4, 1});
   EXPECT_TRUE(u["choices"].empty());
   EXPECT_EQ(u["usage"]["completion_tokens"], 1);

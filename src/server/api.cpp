@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <cstdio>
+#include <cstdlib>
 #include <random>
 
 #include "core/error.h"
@@ -82,6 +84,24 @@ std::optional<std::string> get_string(const json& obj, const char* name) {
   if (!v) return std::nullopt;
   if (!v->is_string()) throw wrong_type(name, "a string", *v);
   return v->get<std::string>();
+}
+
+// The shortest decimal that reads back as the same float, as a double: JSON shows -0.25 or 0.1
+// rather than the float's binary expansion (0.10000000149011612).
+double short_float(float v) {
+  if (!std::isfinite(v)) return v;
+  char buf[32];
+  for (int digits = 6; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, static_cast<double>(v));
+    if (std::strtof(buf, nullptr) == v) break;
+  }
+  return std::strtod(buf, nullptr);
+}
+
+json float_list(const std::vector<float>& v) {
+  json a = json::array();
+  for (float x : v) a.push_back(short_float(x));
+  return a;
 }
 
 std::string fmt(double d) {
@@ -594,10 +614,10 @@ json completion_logprobs_json(const std::vector<TokenReport>& tokens) {
   for (const auto& t : tokens) {
     toks.push_back(t.piece);
     if (t.logprob) {
-      lps.push_back(*t.logprob);
+      lps.push_back(short_float(*t.logprob));
       json top = json::object();
       for (const auto& [piece, lp] : t.top)
-        if (!top.contains(piece)) top[piece] = lp;
+        if (!top.contains(piece)) top[piece] = short_float(lp);
       tops.push_back(top);
     } else {
       lps.push_back(nullptr);
@@ -620,8 +640,9 @@ json chat_logprobs_json(const std::vector<TokenReport>& tokens) {
   json content = json::array();
   for (const auto& t : tokens) {
     json top = json::array();
-    for (const auto& [piece, lp] : t.top) top.push_back({{"token", piece}, {"logprob", lp}, {"bytes", bytes_json(piece)}});
-    content.push_back({{"token", t.piece}, {"logprob", t.logprob.value_or(0.0f)}, {"bytes", bytes_json(t.piece)}, {"top_logprobs", top}});
+    for (const auto& [piece, lp] : t.top) top.push_back({{"token", piece}, {"logprob", short_float(lp)}, {"bytes", bytes_json(piece)}});
+    content.push_back({{"token", t.piece}, {"logprob", short_float(t.logprob.value_or(0.0f))}, {"bytes", bytes_json(t.piece)},
+                       {"top_logprobs", top}});
   }
   return {{"content", content}};
 }
@@ -676,7 +697,7 @@ json stream_chunk(const GenerationRequest& req, const std::string& id, int64_t c
     json w = json::array(), pieces = json::array();
     for (const auto& t : delta.tokens)
       if (!t.stream_weights.empty()) {  // generated tokens (echoed prompt tokens have none)
-        w.push_back(t.stream_weights);
+        w.push_back(float_list(t.stream_weights));
         pieces.push_back(t.piece);
       }
     if (!w.empty()) choice["parscale"] = {{"tokens", pieces}, {"stream_weights", w}};
