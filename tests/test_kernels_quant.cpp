@@ -102,9 +102,9 @@ TEST_P(ConvertedFixture, Q8AndHalfFormatsStayCloseToTheReference) {
     const ModelWeights w = load_model(out.path.string());
     EXPECT_TRUE(w.unknown_tensors.empty());
     const DType want = dtype == "q8" ? DType::I8 : dtype == "bf16" ? DType::BF16 : DType::F16;
-    EXPECT_EQ(w.layers[0].gate_proj.dtype, want);
+    EXPECT_EQ(w.bb().layers[0].gate_proj.dtype, want);
     if (dtype == "q8") {
-      EXPECT_EQ(w.layers[0].gate_proj.block, block);
+      EXPECT_EQ(w.bb().layers[0].gate_proj.block, block);
     }
     const Eval e = evaluate(w, golden);
     std::printf("%-28s %-4s block %2lld: max|dlogit| %.5f (stored %.5f)  argmax agree %.3f  NLL %.5f vs ref %.5f (%+.3f%%)\n",
@@ -140,7 +140,7 @@ TEST_P(ConvertedFixture, LoadTimeConversionEqualsTheConvertedFolder) {
     lo.q8_block = block;
     const ModelWeights at_load = load_model(dir.string(), lo);
     const ModelWeights folder = load_model(out.path.string());
-    EXPECT_EQ(at_load.layers[0].down_proj.dtype, dt);
+    EXPECT_EQ(at_load.bb().layers[0].down_proj.dtype, dt);
     std::vector<float> a, b;
     Session sa(at_load, 1, static_cast<int64_t>(seq.size())), sb(folder, 1, static_cast<int64_t>(seq.size()));
     sa.forward({seq}, Session::Outputs::AllPositions, a);

@@ -173,7 +173,7 @@ TEST(GoldenModels, CoverTheIssueMatrix) {
   for (const auto& name : test::model_fixture_names()) {
     ModelWeights w = load_model((test::fixtures_dir() / "models" / name).string());
     streams.insert(w.config.streams());
-    dtypes.insert(dtype_name(w.embed_tokens.dtype));
+    dtypes.insert(dtype_name(w.bb().embed_tokens.dtype));
   }
   EXPECT_EQ(streams, (std::set<int64_t>{1, 2, 3, 4}));
   EXPECT_EQ(dtypes, (std::set<std::string>{"F32", "BF16", "F16"}));

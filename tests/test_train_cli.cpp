@@ -193,15 +193,15 @@ TEST(TrainCli, InitFromBackboneHasUniformStreamsAndBackbonePrefixes) {
   std::vector<std::vector<float>> kref(static_cast<size_t>(c.vocab_size)), vref(static_cast<size_t>(c.vocab_size));
   for (int64_t id = 0; id < c.vocab_size; ++id) {
     std::vector<float> x(H), xn(H);
-    kernels::weight_row_f32(bb.embed_tokens, id, x.data());
-    kernels::rmsnorm_ref(x.data(), bb.layers[0].input_norm, xn.data(), 1, H, static_cast<float>(c.rms_norm_eps));
+    kernels::weight_row_f32(bb.bb().embed_tokens, id, x.data());
+    kernels::rmsnorm_ref(x.data(), bb.bb().layers[0].input_norm, xn.data(), 1, H, static_cast<float>(c.rms_norm_eps));
     kref[id].resize(KD);
     vref[id].resize(KD);
-    kernels::matmul_ref(xn.data(), 1, bb.layers[0].k_proj, bb.layers[0].k_bias, kref[id].data());
-    kernels::matmul_ref(xn.data(), 1, bb.layers[0].v_proj, bb.layers[0].v_bias, vref[id].data());
+    kernels::matmul_ref(xn.data(), 1, bb.bb().layers[0].k_proj, bb.bb().layers[0].k_bias, kref[id].data());
+    kernels::matmul_ref(xn.data(), 1, bb.bb().layers[0].v_proj, bb.bb().layers[0].v_bias, vref[id].data());
   }
-  const float* pk = w.layers[0].prefix_k;
-  const float* pv = w.layers[0].prefix_v;
+  const float* pk = w.adapter->prefix_k[0];
+  const float* pv = w.adapter->prefix_v[0];
   for (int64_t st = 0; st < 3; ++st)
     for (int64_t t = 0; t < T; ++t) {
       bool found = false;

@@ -27,43 +27,6 @@ struct Opts {
   int threads = 0;
 };
 
-// The weights' tensor named `name` (a spec of the model): a matrix view or an fp32 vector.
-struct Source {
-  const WeightView* matrix = nullptr;
-  const float* vec = nullptr;
-};
-
-Source find_source(const ModelWeights& w, const std::string& n) {
-  if (n == "model.embed_tokens.weight") return {&w.embed_tokens, nullptr};
-  if (n == "lm_head.weight") return {&w.lm_head, nullptr};
-  if (n == "model.norm.weight") return {nullptr, w.final_norm};
-  if (n == "model.aggregate_layer.0.weight") return {nullptr, w.aggregate0.f32()};
-  if (n == "model.aggregate_layer.0.bias") return {nullptr, w.aggregate0_bias};
-  if (n == "model.aggregate_layer.2.weight") return {nullptr, w.aggregate2.f32()};
-  if (n == "model.aggregate_layer.2.bias") return {nullptr, w.aggregate2_bias};
-  const std::string prefix = "model.layers.";
-  check(n.rfind(prefix, 0) == 0, "convert: unexpected tensor '" + n + "'");
-  const size_t dot = n.find('.', prefix.size());
-  const int64_t l = std::stoll(n.substr(prefix.size(), dot - prefix.size()));
-  const std::string suf = n.substr(dot + 1);
-  const LayerWeights& L = w.layers[static_cast<size_t>(l)];
-  if (suf == "input_layernorm.weight") return {nullptr, L.input_norm};
-  if (suf == "post_attention_layernorm.weight") return {nullptr, L.post_norm};
-  if (suf == "self_attn.q_proj.weight") return {&L.q_proj, nullptr};
-  if (suf == "self_attn.k_proj.weight") return {&L.k_proj, nullptr};
-  if (suf == "self_attn.v_proj.weight") return {&L.v_proj, nullptr};
-  if (suf == "self_attn.o_proj.weight") return {&L.o_proj, nullptr};
-  if (suf == "self_attn.q_proj.bias") return {nullptr, L.q_bias};
-  if (suf == "self_attn.k_proj.bias") return {nullptr, L.k_bias};
-  if (suf == "self_attn.v_proj.bias") return {nullptr, L.v_bias};
-  if (suf == "self_attn.prefix_k") return {nullptr, L.prefix_k};
-  if (suf == "self_attn.prefix_v") return {nullptr, L.prefix_v};
-  if (suf == "mlp.gate_proj.weight") return {&L.gate_proj, nullptr};
-  if (suf == "mlp.up_proj.weight") return {&L.up_proj, nullptr};
-  if (suf == "mlp.down_proj.weight") return {&L.down_proj, nullptr};
-  throw Error("convert: unexpected tensor '" + n + "'");
-}
-
 parscale::cli::RegisterCommand reg("convert", "write a model folder with its weight matrices in another dtype (q8, bf16, f16, f32)", [](CLI::App& app) {
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model_dir, "source model folder")->required();
@@ -86,7 +49,10 @@ parscale::cli::RegisterCommand reg("convert", "write a model folder with its wei
     const DType target = o->dtype == "q8" ? DType::I8 : o->dtype == "bf16" ? DType::BF16 : o->dtype == "f16" ? DType::F16 : DType::F32;
 
     ModelConfig config = w.config;
-    config.tie_word_embeddings = w.tied;
+    config.tie_word_embeddings = w.bb().tied;
+    // Slots are only read here (tensor_slot serves loading too, hence non-const).
+    Backbone& backbone = const_cast<Backbone&>(w.bb());
+    Adapter* adapter = const_cast<Adapter*>(w.adapter.get());
     WeightArena arena;
     std::vector<WeightView> converted;  // keeps views alive for the writer
     std::vector<std::string> scale_names;
@@ -95,7 +61,7 @@ parscale::cli::RegisterCommand reg("convert", "write a model folder with its wei
     converted.reserve(specs.size());
     scale_names.reserve(specs.size());
     for (const TensorSpec& s : specs) {
-      const Source source = find_source(w, s.name);
+      const TensorSlot source = tensor_slot(backbone, adapter, s);
       const bool quantisable = s.kind == ParamKind::Matrix || s.kind == ParamKind::Embedding;
       if (source.matrix && quantisable) {
         if (target == DType::I8 && source.matrix->cols % o->q8_block != 0)
@@ -109,7 +75,7 @@ parscale::cli::RegisterCommand reg("convert", "write a model folder with its wei
           out.push_back({scale_names.back(), DType::F32, {v.rows, v.cols / v.block}, v.scales});
         }
       } else {
-        const float* data = source.vec ? source.vec : source.matrix->f32();
+        const float* data = source.vector ? *source.vector : source.matrix->f32();
         check(data != nullptr, "convert: tensor '" + s.name + "' has no data");
         out.push_back({s.name, DType::F32, s.shape, data});
       }

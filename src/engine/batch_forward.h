@@ -16,11 +16,9 @@
 
 #include "model/kv_pool.h"
 #include "model/qwen2.h"
+#include "parscale/parscale.h"
 
 namespace parscale {
-
-struct Backbone;
-struct Adapter;
 
 struct SequenceChunk {
   const Adapter* adapter = nullptr;         // null: plain backbone (P = 1)
@@ -60,13 +58,16 @@ class BatchForward {
   const Backbone& backbone_;
   KvPool& pool_;
   int64_t last_rows_ = 0;
-  // Reused buffers.
-  std::vector<int32_t> ids_, pos_, row_of_token_, out_token_;
-  std::vector<float> x_, selected_, aggregated_;
-  std::vector<const int32_t*> row_tables_;
-  std::vector<int32_t> row_prefix_n_;
-  std::vector<const float*> row_prefix_k_, row_prefix_v_;
+  // Reused buffers (grown on first use).
+  std::vector<int32_t> ids_, pos_;
+  std::vector<const int32_t*> row_pages_;
+  std::vector<RowPrefix> row_prefix_;
+  std::vector<int64_t> seq_row0_;               // first stream row of each sequence
+  std::vector<float> x_, embedded_, selected_, aggregated_, weights_;
+  std::vector<int32_t> group_out_;              // per group row: global output row
+  std::vector<const Adapter*> groups_;          // distinct adapters of the pass
   ForwardWorkspace ws_;
+  AggregateWorkspace agg_ws_;
 };
 
 }  // namespace parscale

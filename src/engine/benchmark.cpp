@@ -27,10 +27,12 @@ inline float uniform_pm1(uint64_t seed, uint64_t i) {
 struct RandomFactory {
   DType dtype;  // matrix dtype; DType::I8 = q8 (block 32)
   uint64_t seed;
-  ModelWeights* w;
+  std::vector<std::shared_ptr<void>>* owned;
   uint64_t next = 1;
   std::shared_ptr<WeightArena> arena = std::make_shared<WeightArena>();
-  RandomFactory(DType d, uint64_t s, ModelWeights* mw) : dtype(d), seed(s), w(mw) { w->owned.push_back(arena); }
+  RandomFactory(DType d, uint64_t s, std::vector<std::shared_ptr<void>>* o) : dtype(d), seed(s), owned(o) {
+    owned->push_back(arena);
+  }
 
   WeightView matrix(int64_t rows, int64_t cols, float stddev) {
     const uint64_t s = seed * 1000003ull + next++;
@@ -64,8 +66,21 @@ struct RandomFactory {
     const uint64_t s = seed * 1000003ull + next++;
     auto buf = std::shared_ptr<float[]>(new float[static_cast<size_t>(n)]);
     for (int64_t i = 0; i < n; ++i) buf[static_cast<size_t>(i)] = center + spread * uniform_pm1(s, static_cast<uint64_t>(i));
-    w->owned.push_back(buf);
+    owned->push_back(buf);
     return buf.get();
+  }
+  // Random values for one tensor of the enumeration, by kind.
+  void fill(const TensorSpec& spec, const TensorSlot& slot) {
+    const int64_t rows = spec.shape[0], cols = spec.shape.size() > 1 ? spec.shape[1] : 1;
+    switch (spec.kind) {
+      case ParamKind::Embedding:
+      case ParamKind::Matrix: *slot.matrix = matrix(rows, cols, 0.02f); break;
+      case ParamKind::AggregateMatrix: *slot.matrix = {DType::F32, vec(spec.numel(), 0.0f, 0.02f), rows, cols}; break;
+      case ParamKind::Norm: *slot.vector = vec(spec.numel(), 1.0f, 0.1f); break;
+      case ParamKind::Bias: *slot.vector = vec(spec.numel(), 0.0f, 0.05f); break;
+      case ParamKind::AggregateBias: *slot.vector = vec(spec.numel(), 0.0f, 0.02f); break;
+      case ParamKind::Prefix: *slot.vector = vec(spec.numel(), 0.0f, 1.0f); break;
+    }
   }
 };
 
@@ -122,60 +137,49 @@ ModelWeights random_backbone(const ModelConfig& c, DType dtype, uint64_t seed) {
   ModelWeights w;
   w.config = c;
   w.config.parscale_n = 1;
-  RandomFactory f{dtype, seed, &w};
-  const int64_t H = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KD = c.kv_dim();
-  w.embed_tokens = f.matrix(c.vocab_size, H, 0.02f);
-  w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (auto& L : w.layers) {
-    L.input_norm = f.vec(H, 1.0f, 0.1f);
-    L.post_norm = f.vec(H, 1.0f, 0.1f);
-    L.q_proj = f.matrix(QD, H, 0.02f);
-    L.k_proj = f.matrix(KD, H, 0.02f);
-    L.v_proj = f.matrix(KD, H, 0.02f);
-    L.o_proj = f.matrix(H, QD, 0.02f);
-    L.q_bias = f.vec(QD, 0.0f, 0.05f);
-    L.k_bias = f.vec(KD, 0.0f, 0.05f);
-    L.v_bias = f.vec(KD, 0.0f, 0.05f);
-    L.gate_proj = f.matrix(I, H, 0.02f);
-    L.up_proj = f.matrix(I, H, 0.02f);
-    L.down_proj = f.matrix(H, I, 0.02f);
-  }
-  w.final_norm = f.vec(H, 1.0f, 0.1f);
-  w.lm_head = w.embed_tokens;
-  w.tied = true;
+  w.config.tie_word_embeddings = true;
+  auto b = std::make_shared<Backbone>();
+  b->config = w.config;
+  RandomFactory f{dtype, seed, &b->owned};
+  for_each_tensor(w.config, [&](const TensorSpec& spec) { f.fill(spec, tensor_slot(*b, nullptr, spec)); });
+  b->lm_head = b->embed_tokens;
+  b->tied = true;
+  w.backbone = b;
   return w;
 }
 
 ModelWeights with_streams(const ModelWeights& backbone, int64_t P, uint64_t seed) {
-  ModelWeights w = backbone;  // views + shared ownership of the backbone buffers
+  ModelWeights w = backbone;  // shares the backbone
   w.config.parscale_n = P;
+  w.adapter = nullptr;
   if (P == 1) return w;
-  const ModelConfig& c = w.config;
-  RandomFactory f{DType::F32, seed * 7919 + static_cast<uint64_t>(P), &w};
-  const int64_t H = c.hidden_size, prefix = P * c.num_key_value_heads * c.parscale_n_tokens * c.head_dim;
-  for (auto& L : w.layers) {
-    L.prefix_k = f.vec(prefix, 0.0f, 1.0f);
-    L.prefix_v = f.vec(prefix, 0.0f, 1.0f);
-  }
-  w.aggregate0 = {DType::F32, f.vec(H * P * H, 0.0f, 0.02f), H, P * H};
-  w.aggregate0_bias = f.vec(H, 0.0f, 0.02f);
-  w.aggregate2 = {DType::F32, f.vec(P * H, 0.0f, 0.02f), P, H};
-  w.aggregate2_bias = f.vec(P, 0.0f, 0.02f);
+  auto a = std::make_shared<Adapter>();
+  a->streams = P;
+  a->prefix_tokens = w.config.parscale_n_tokens;
+  a->smooth = w.config.parscale_attn_smooth;
+  a->name = "random";
+  Backbone scratch;  // receives nothing: only ParScale tensors are visited
+  scratch.config = w.config;
+  RandomFactory f{DType::F32, seed * 7919 + static_cast<uint64_t>(P), &a->owned};
+  for_each_tensor(w.config, [&](const TensorSpec& spec) {
+    if (spec.group == ParamGroup::ParScale) f.fill(spec, tensor_slot(scratch, a.get(), spec));
+  });
+  w.adapter = a;
   return w;
 }
 
 ModelCost model_cost(const ModelWeights& w) {
   ModelCost c;
-  for (const auto& L : w.layers)
+  for (const auto& L : w.bb().layers)
     for (const WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
       c.backbone_bytes += view_bytes(*v);
       c.backbone_params += view_params(*v);
     }
-  c.head_bytes = view_bytes(w.lm_head);
-  c.head_params = view_params(w.lm_head);
-  if (w.config.streams() > 1) {
-    c.agg_bytes = view_bytes(w.aggregate0) + view_bytes(w.aggregate2);
-    c.agg_params = view_params(w.aggregate0) + view_params(w.aggregate2);
+  c.head_bytes = view_bytes(w.bb().lm_head);
+  c.head_params = view_params(w.bb().lm_head);
+  if (w.adapter) {
+    c.agg_bytes = view_bytes(w.adapter->aggregate0) + view_bytes(w.adapter->aggregate2);
+    c.agg_params = view_params(w.adapter->aggregate0) + view_params(w.adapter->aggregate2);
   }
   return c;
 }
@@ -228,7 +232,7 @@ RunResult run(const ModelWeights& w, const RunOptions& o) {
       session.forward(step, Session::Outputs::LastPosition, logits);
       res.step_ms.push_back((now_seconds() - ts) * 1e3);
     }
-    res.kv_bytes = session.cache().bytes();
+    res.kv_bytes = session.kv_bytes();
   }
   return res;
 }

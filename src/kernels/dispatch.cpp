@@ -21,7 +21,7 @@ namespace parscale::kernels {
 namespace detail {
 
 const KernelTable& scalar_table() {
-  static const KernelTable t{KernelPath::Scalar, matmul_scalar,       attention_scalar,     rmsnorm_scalar,
+  static const KernelTable t{KernelPath::Scalar, matmul_scalar,       attention_paged_scalar, rmsnorm_scalar,
                              swiglu_scalar,      fma_chains_scalar,   1,                    read_sum_scalar,
                              matmul_multi_scalar, gate_up_swiglu_scalar};
   return t;
@@ -238,11 +238,6 @@ void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
 
 void gate_up_swiglu(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up, float* out) {
   detail::active().gate_up_swiglu(x, M, Wg, Wu, gate, up, out);
-}
-
-void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
-               const KVLayer& kv, float scale, float* out, float* scratch, float* lse) {
-  detail::active().attention(q, N, n_heads, row, n_visible, kv, scale, out, scratch, lse);
 }
 
 void rmsnorm(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps) {

@@ -11,8 +11,8 @@ struct KernelTable {
   KernelPath path;
   // y = x·W^T + bias (accumulate = false) or y += x·W^T (accumulate = true; bias ignored).
   void (*matmul)(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate);
-  void (*attention)(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
-                    const KVLayer& kv, float scale, float* out, float* scratch, float* lse);
+  void (*attention_paged)(const float* q, int64_t N, int64_t n_heads, const KvView* views, const PagedKV& kv,
+                          float scale, float* out, float* lse);
   void (*rmsnorm)(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps);
   void (*swiglu)(const float* gate, const float* up, float* out, int64_t n);
   // Probes: `iters` rounds of 16 independent vector FMA chains (returns a value so nothing is
@@ -34,8 +34,8 @@ const KernelTable& active();
 
 // Scalar implementations (portable C++; the compiler may still auto-vectorise for the baseline ISA).
 void matmul_scalar(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate);
-void attention_scalar(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
-                      const KVLayer& kv, float scale, float* out, float* scratch, float* lse);
+void attention_paged_scalar(const float* q, int64_t N, int64_t n_heads, const KvView* views, const PagedKV& kv,
+                            float scale, float* out, float* lse);
 void rmsnorm_scalar(const float* x, const float* w, float* y, int64_t M, int64_t H, float eps);
 void swiglu_scalar(const float* gate, const float* up, float* out, int64_t n);
 float fma_chains_scalar(int64_t iters);

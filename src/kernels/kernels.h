@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dtype.h"
 #include "core/weight_view.h"
 
 namespace parscale::kernels {
@@ -90,10 +91,50 @@ struct KVLayer {
 // q [N, n_heads, D] -> out [N, n_heads, D]. GQA: query head h reads kv head h / (n_heads / n_kv_heads).
 // scratch: at least num_threads * max(n_visible) floats (the SIMD paths use blocks over keys with
 // an online softmax and need none). lse (optional, [N, n_heads]) receives the
-// log-sum-exp of the scaled scores (for the backward pass).
+// log-sum-exp of the scaled scores (for the backward pass). (The contiguous cache of training;
+// it runs the paged kernel below with one page per row.)
 void attention(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
                const KVLayer& kv, float scale, float* out, float* scratch, float* lse = nullptr);
 void attention_ref(const float* q, int64_t N, int64_t n_heads, const int32_t* row, const int32_t* n_visible,
                    const KVLayer& kv, float scale, float* out);
+
+// ---- attention over a paged KV cache ----------------------------------------------------------
+// One layer of a paged pool: K and V [n_pages][n_kv_heads][page_tokens][head_dim] in `dtype`
+// (F32, BF16 or F16).
+struct PagedKV {
+  void* k = nullptr;
+  void* v = nullptr;
+  DType dtype = DType::F32;
+  int64_t n_kv_heads = 0;
+  int64_t page_tokens = 0;
+  int64_t head_dim = 0;
+  size_t slot_offset(int64_t page, int64_t h, int64_t slot) const {
+    return static_cast<size_t>(((page * n_kv_heads + h) * page_tokens + slot) * head_dim);
+  }
+};
+
+// What token i sees: first `n_prefix` fp32 prefix slots (kv head h's slots at
+// prefix_k + h * prefix_head_stride, [n_prefix][D] contiguous; none when n_prefix = 0), then
+// `n_real` real-token slots: real slot j is slot j % page_tokens of page pages[j / page_tokens].
+struct KvView {
+  const float* prefix_k = nullptr;
+  const float* prefix_v = nullptr;
+  int64_t prefix_head_stride = 0;
+  int32_t n_prefix = 0;
+  int32_t n_real = 0;
+  const int32_t* pages = nullptr;
+};
+
+// q [N, n_heads, D] -> out [N, n_heads, D]; token i attends to every slot of views[i]. Each
+// token's result depends only on its own q and view (never on the other tokens of the call).
+// lse (optional, [N, n_heads]): log-sum-exp of the scaled scores.
+void attention_paged(const float* q, int64_t N, int64_t n_heads, const KvView* views, const PagedKV& kv, float scale,
+                     float* out, float* lse = nullptr);
+void attention_paged_ref(const float* q, int64_t N, int64_t n_heads, const KvView* views, const PagedKV& kv, float scale,
+                         float* out);
+
+// Writes one token's K and V heads (k, v: [n_kv_heads * D] fp32) into real slot `slot` of a
+// paged layer (converted to the pool's dtype).
+void kv_write(const PagedKV& kv, const int32_t* pages, int64_t slot, const float* k, const float* v);
 
 }  // namespace parscale::kernels

@@ -12,7 +12,9 @@
 // the free list at 0. A page is written only while it has exactly one holder. Not thread-safe:
 // the engine thread owns the pool.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -23,6 +25,11 @@ namespace parscale {
 class KvPool {
  public:
   KvPool() = default;
+  KvPool(KvPool&& o) noexcept { *this = std::move(o); }
+  KvPool& operator=(KvPool&& o) noexcept;
+  KvPool(const KvPool&) = delete;
+  KvPool& operator=(const KvPool&) = delete;
+  ~KvPool();
   // n_pages pages of page_tokens slots; throws parscale::Error on a bad dtype or size.
   KvPool(const ModelConfig& config, DType dtype, int64_t page_tokens, int64_t n_pages);
   // Pages that fit in `bytes` (at least 1 when bytes > 0).
@@ -41,18 +48,18 @@ class KvPool {
   int64_t pages_used() const { return n_pages_ - pages_free(); }
   int64_t page_tokens() const { return page_tokens_; }
   DType dtype() const { return dtype_; }
-  int64_t bytes() const { return static_cast<int64_t>(storage_.size()); }
+  int64_t bytes() const { return 2 * n_layers_ * layer_bytes_; }
 
   // Base of layer l's K (or V) pages: [n_pages][n_kv_heads][page_tokens][head_dim] of dtype().
-  void* k_layer(int64_t l) { return storage_.data() + static_cast<size_t>((2 * l) * layer_bytes_); }
-  void* v_layer(int64_t l) { return storage_.data() + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
-  const void* k_layer(int64_t l) const { return storage_.data() + static_cast<size_t>((2 * l) * layer_bytes_); }
-  const void* v_layer(int64_t l) const { return storage_.data() + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
+  void* k_layer(int64_t l) { return base_ + static_cast<size_t>((2 * l) * layer_bytes_); }
+  void* v_layer(int64_t l) { return base_ + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
+  const void* k_layer(int64_t l) const { return base_ + static_cast<size_t>((2 * l) * layer_bytes_); }
+  const void* v_layer(int64_t l) const { return base_ + static_cast<size_t>((2 * l + 1) * layer_bytes_); }
 
  private:
   DType dtype_ = DType::F32;
-  int64_t n_pages_ = 0, page_tokens_ = 0, layer_bytes_ = 0;
-  std::vector<uint8_t> storage_;
+  int64_t n_pages_ = 0, page_tokens_ = 0, layer_bytes_ = 0, n_layers_ = 0;
+  uint8_t* base_ = nullptr;  // anonymous mapping of bytes(): pages become resident when written
   std::vector<int32_t> refcount_;
   std::vector<int32_t> free_;  // stack of free page ids
 };

@@ -19,7 +19,7 @@ void grow(std::vector<T>& v, int64_t n) {
 }
 }  // namespace
 
-void ForwardWorkspace::reserve(const ModelConfig& c, int64_t N, int64_t max_visible) {
+void ForwardWorkspace::reserve(const ModelConfig& c, int64_t N) {
   grow(xn, N * c.hidden_size);
   grow(q, N * c.q_dim());
   grow(k, N * c.kv_dim());
@@ -29,31 +29,34 @@ void ForwardWorkspace::reserve(const ModelConfig& c, int64_t N, int64_t max_visi
   grow(up, std::min(N, kMlpRows) * c.intermediate_size);
   grow(cos_t, N * c.head_dim / 2);
   grow(sin_t, N * c.head_dim / 2);
-  grow(n_visible, N);
-  grow(scratch, static_cast<int64_t>(num_threads()) * std::max<int64_t>(max_visible, 1));
+  grow(views, N);
   if (static_cast<int64_t>(inv_freq.size()) != c.head_dim / 2) {
     inv_freq.resize(static_cast<size_t>(c.head_dim / 2));
     kernels::rope_inv_freq(c.rope_theta, c.head_dim, inv_freq.data());
   }
 }
 
-void embed_tokens(const ModelWeights& w, const int32_t* ids, int64_t N, float* x) {
-  const int64_t H = w.config.hidden_size;
+kernels::PagedKV paged_layer(KvPool& pool, const ModelConfig& c, int64_t l) {
+  return {pool.k_layer(l), pool.v_layer(l), pool.dtype(), c.num_key_value_heads, pool.page_tokens(), c.head_dim};
+}
+
+void embed_tokens(const Backbone& b, const int32_t* ids, int64_t N, float* x) {
+  const int64_t H = b.config.hidden_size;
   for (int64_t i = 0; i < N; ++i) {
-    if (ids[i] < 0 || ids[i] >= w.config.vocab_size)
+    if (ids[i] < 0 || ids[i] >= b.config.vocab_size)
       throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
-                  std::to_string(w.config.vocab_size) + ")");
-    kernels::weight_row_f32(w.embed_tokens, ids[i], x + i * H);
+                  std::to_string(b.config.vocab_size) + ")");
+    kernels::weight_row_f32(b.embed_tokens, ids[i], x + i * H);
   }
 }
 
-void qwen2_layer_forward(const ModelWeights& w, int64_t l, KVCache& cache, const int32_t* row, const int32_t* pos,
-                         int64_t N, float* x, ForwardWorkspace& ws) {
-  const ModelConfig& c = w.config;
-  const LayerWeights& L = w.layers[static_cast<size_t>(l)];
-  const int64_t H = c.hidden_size, KD = c.kv_dim(), D = c.head_dim;
+void decoder_layer_forward(const Backbone& b, int64_t l, KvPool& pool, const TokenRows& rows, float* x,
+                           ForwardWorkspace& ws) {
+  const ModelConfig& c = b.config;
+  const BackboneLayer& L = b.layers[static_cast<size_t>(l)];
+  const int64_t N = rows.n, H = c.hidden_size, KD = c.kv_dim(), D = c.head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  kernels::KVLayer kv = cache.layer(l);
+  const kernels::PagedKV kv = paged_layer(pool, c, l);
 
   // Attention block: x += o_proj(attn(rope(q), rope(k), v)) of rmsnorm(x).
   kernels::rmsnorm(x, L.input_norm, ws.xn.data(), N, H, eps);
@@ -63,15 +66,20 @@ void qwen2_layer_forward(const ModelWeights& w, int64_t l, KVCache& cache, const
   kernels::matmul_multi(ws.xn.data(), N, qkv, 3);
   kernels::rope_apply(ws.q.data(), N, c.num_attention_heads, D, ws.cos_t.data(), ws.sin_t.data());
   kernels::rope_apply(ws.k.data(), N, c.num_key_value_heads, D, ws.cos_t.data(), ws.sin_t.data());
+  // Every token's K/V goes into its row first: tokens of one chunk see each other causally.
+  for (int64_t i = 0; i < N; ++i) kernels::kv_write(kv, rows.pages[i], rows.pos[i], ws.k.data() + i * KD, ws.v.data() + i * KD);
   for (int64_t i = 0; i < N; ++i) {
-    const int64_t slot = cache.n_prefix[static_cast<size_t>(row[i])] + pos[i];
-    for (int64_t h = 0; h < c.num_key_value_heads; ++h) {
-      std::copy_n(ws.k.data() + i * KD + h * D, D, kv.k_at(row[i], h, slot));
-      std::copy_n(ws.v.data() + i * KD + h * D, D, kv.v_at(row[i], h, slot));
-    }
+    const RowPrefix& pre = rows.prefix[i];
+    kernels::KvView& view = ws.views[static_cast<size_t>(i)];
+    view.n_prefix = pre.n;
+    view.prefix_k = pre.n ? pre.k[l] + pre.offset : nullptr;
+    view.prefix_v = pre.n ? pre.v[l] + pre.offset : nullptr;
+    view.prefix_head_stride = static_cast<int64_t>(pre.n) * D;
+    view.n_real = rows.pos[i] + 1;
+    view.pages = rows.pages[i];
   }
-  kernels::attention(ws.q.data(), N, c.num_attention_heads, row, ws.n_visible.data(), kv,
-                     1.0f / std::sqrt(static_cast<float>(D)), ws.attn.data(), ws.scratch.data());
+  kernels::attention_paged(ws.q.data(), N, c.num_attention_heads, ws.views.data(), kv,
+                           1.0f / std::sqrt(static_cast<float>(D)), ws.attn.data());
   kernels::matmul_add(ws.attn.data(), N, L.o_proj, x);
 
   // MLP block: x += down(silu(gate(n)) * up(n)), n = rmsnorm(x). Rows go in chunks of at most
@@ -85,23 +93,15 @@ void qwen2_layer_forward(const ModelWeights& w, int64_t l, KVCache& cache, const
   }
 }
 
-void qwen2_layers_forward(const ModelWeights& w, KVCache& cache, const int32_t* row, const int32_t* pos, int64_t N,
-                          float* x, ForwardWorkspace& ws) {
-  const ModelConfig& c = w.config;
-  int64_t max_visible = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    if (row[i] < 0 || row[i] >= cache.rows()) throw Error("forward: cache row " + std::to_string(row[i]) + " out of range");
-    const int64_t visible = cache.n_prefix[static_cast<size_t>(row[i])] + static_cast<int64_t>(pos[i]) + 1;
-    if (pos[i] < 0 || visible > cache.capacity())
-      throw Error("forward: position " + std::to_string(pos[i]) + " does not fit the KV cache (" +
-                  std::to_string(cache.capacity()) + " slots per row)");
-    max_visible = std::max(max_visible, visible);
-  }
-  ws.reserve(c, N, max_visible);
-  for (int64_t i = 0; i < N; ++i)
-    ws.n_visible[static_cast<size_t>(i)] = cache.n_prefix[static_cast<size_t>(row[i])] + pos[i] + 1;
-  kernels::rope_tables(pos, N, ws.inv_freq.data(), c.head_dim, ws.cos_t.data(), ws.sin_t.data());
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) qwen2_layer_forward(w, l, cache, row, pos, N, x, ws);
+void decoder_forward(const Backbone& b, KvPool& pool, const TokenRows& rows, float* x, ForwardWorkspace& ws) {
+  const ModelConfig& c = b.config;
+  for (int64_t i = 0; i < rows.n; ++i)
+    if (rows.pos[i] < 0 || rows.pos[i] >= c.max_position_embeddings)
+      throw Error("forward: position " + std::to_string(rows.pos[i]) + " is outside the context of " +
+                  std::to_string(c.max_position_embeddings) + " tokens (max_position_embeddings)");
+  ws.reserve(c, rows.n);
+  kernels::rope_tables(rows.pos, rows.n, ws.inv_freq.data(), c.head_dim, ws.cos_t.data(), ws.sin_t.data());
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) decoder_layer_forward(b, l, pool, rows, x, ws);
 }
 
 }  // namespace parscale

@@ -113,27 +113,31 @@ constexpr const char* kAdapterTokens = "parscale_n_tokens";
 constexpr const char* kAdapterSmooth = "parscale_attn_smooth";
 
 struct Loader {
-  const ModelConfig& config;
   const TensorStore& store;
   const TensorStore* adapter;  // may be null
   const std::string& source;
   const LoadOptions& options;
-  ModelWeights& out;
+  std::vector<std::shared_ptr<void>>& owned;
   std::set<std::string> used;
   std::shared_ptr<WeightArena> arena_;
 
   WeightArena& arena() {
     if (!arena_) {
       arena_ = std::make_shared<WeightArena>();
-      out.owned.push_back(arena_);
+      owned.push_back(arena_);
     }
     return *arena_;
   }
 
-  const TensorInfo& get(const TensorSpec& spec) {
+  const TensorInfo* lookup(const std::string& name, ParamGroup group) const {
     const TensorInfo* t = nullptr;
-    if (adapter && spec.group == ParamGroup::ParScale) t = adapter->find(spec.name);
-    if (!t) t = store.find(spec.name);
+    if (adapter && group == ParamGroup::ParScale) t = adapter->find(name);
+    if (!t) t = store.find(name);
+    return t;
+  }
+
+  const TensorInfo& get(const TensorSpec& spec) {
+    const TensorInfo* t = lookup(spec.name, spec.group);
     if (!t) {
       throw Error(source + ": missing tensor '" + spec.name + "' (expected shape " + shape_to_string(spec.shape) +
                   (spec.group == ParamGroup::ParScale ? "; ParScale parameters come from the checkpoint or an --adapter file)" : ")"));
@@ -158,11 +162,14 @@ struct Loader {
       return reinterpret_cast<const float*>(t.data);
     auto buf = std::shared_ptr<float[]>(new float[t.numel()]);
     convert_to_f32(t.dtype, t.data, buf.get(), static_cast<size_t>(t.numel()));
-    out.owned.push_back(buf);
+    owned.push_back(buf);
     return buf.get();
   }
 
-  WeightView matrix(const TensorSpec& spec, bool allow_convert) {
+  WeightView matrix(const TensorSpec& spec) {
+    const bool allow_convert = spec.kind == ParamKind::Matrix || spec.kind == ParamKind::Embedding;
+    if (!allow_convert)  // aggregation matrices: small, fp32 always
+      return WeightView{DType::F32, vector_f32(spec), spec.shape[0], spec.shape.size() > 1 ? spec.shape[1] : 1};
     const TensorInfo& t = get(spec);
     WeightView w;
     w.rows = spec.shape[0];
@@ -171,9 +178,7 @@ struct Loader {
     w.data = t.data;
     if (t.dtype == DType::I8) {
       const std::string sname = spec.name + ".scales";
-      const TensorInfo* s = nullptr;
-      if (adapter && spec.group == ParamGroup::ParScale) s = adapter->find(sname);
-      if (!s) s = store.find(sname);
+      const TensorInfo* s = lookup(sname, spec.group);
       if (!s) throw Error(t.file + ": I8 tensor '" + spec.name + "' has no companion '" + sname + "'");
       if (s->dtype != DType::F32 || s->shape.size() != 2 || s->shape[0] != w.rows || s->shape[1] <= 0 ||
           w.cols % s->shape[1] != 0)
@@ -185,8 +190,8 @@ struct Loader {
       return w;
     }
     const bool misaligned = reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) != 0;
-    if ((allow_convert && options.convert_matrices && t.dtype != options.matrix_dtype) || misaligned) {
-      const DType target = (allow_convert && options.convert_matrices) ? options.matrix_dtype : t.dtype;
+    if ((options.convert_matrices && t.dtype != options.matrix_dtype) || misaligned) {
+      const DType target = options.convert_matrices ? options.matrix_dtype : t.dtype;
       if (misaligned) {  // an aligned copy in the stored dtype first (views need aligned elements)
         uint8_t* copy = arena().allocate(t.nbytes);
         std::memcpy(copy, t.data, t.nbytes);
@@ -196,6 +201,12 @@ struct Loader {
       release_mapped(t.data, t.nbytes);
     }
     return w;
+  }
+
+  // Loads `spec` into its slot.
+  void load(const TensorSpec& spec, const TensorSlot& slot) {
+    if (slot.matrix) *slot.matrix = matrix(spec);
+    else *slot.vector = vector_f32(spec);
   }
 };
 
@@ -219,68 +230,131 @@ void apply_adapter_metadata(ModelConfig& c, const TensorStore& adapter, const st
 
 }  // namespace
 
+TensorSlot tensor_slot(Backbone& b, Adapter* a, const TensorSpec& spec) {
+  using R = TensorRole;
+  if (spec.group == ParamGroup::ParScale && !a) throw Error("tensor '" + spec.name + "' belongs to an adapter, but there is none");
+  const int64_t n_layers = b.config.num_hidden_layers;
+  if (spec.layer >= 0) {
+    if (spec.layer >= n_layers) throw Error("tensor '" + spec.name + "': layer out of range");
+    if (b.layers.size() != static_cast<size_t>(n_layers)) b.layers.resize(static_cast<size_t>(n_layers));
+    if (a && a->prefix_k.size() != static_cast<size_t>(n_layers)) {
+      a->prefix_k.resize(static_cast<size_t>(n_layers), nullptr);
+      a->prefix_v.resize(static_cast<size_t>(n_layers), nullptr);
+    }
+  }
+  auto layer = [&]() -> BackboneLayer& { return b.layers[static_cast<size_t>(spec.layer)]; };
+  switch (spec.role) {
+    case R::Embed: return {&b.embed_tokens, nullptr};
+    case R::LmHead: return {&b.lm_head, nullptr};
+    case R::FinalNorm: return {nullptr, &b.final_norm};
+    case R::InputNorm: return {nullptr, &layer().input_norm};
+    case R::PostNorm: return {nullptr, &layer().post_norm};
+    case R::QProj: return {&layer().q_proj, nullptr};
+    case R::KProj: return {&layer().k_proj, nullptr};
+    case R::VProj: return {&layer().v_proj, nullptr};
+    case R::OProj: return {&layer().o_proj, nullptr};
+    case R::QBias: return {nullptr, &layer().q_bias};
+    case R::KBias: return {nullptr, &layer().k_bias};
+    case R::VBias: return {nullptr, &layer().v_bias};
+    case R::GateProj: return {&layer().gate_proj, nullptr};
+    case R::UpProj: return {&layer().up_proj, nullptr};
+    case R::DownProj: return {&layer().down_proj, nullptr};
+    case R::PrefixK: return {nullptr, &a->prefix_k[static_cast<size_t>(spec.layer)]};
+    case R::PrefixV: return {nullptr, &a->prefix_v[static_cast<size_t>(spec.layer)]};
+    case R::Aggregate0W: return {&a->aggregate0, nullptr};
+    case R::Aggregate0B: return {nullptr, &a->aggregate0_bias};
+    case R::Aggregate2W: return {&a->aggregate2, nullptr};
+    case R::Aggregate2B: return {nullptr, &a->aggregate2_bias};
+  }
+  throw Error("tensor '" + spec.name + "': no slot");
+}
+
+namespace {
+
+std::shared_ptr<Adapter> new_adapter(const ModelConfig& c, const std::string& name) {
+  auto a = std::make_shared<Adapter>();
+  a->name = name;
+  a->streams = c.parscale_n;
+  a->prefix_tokens = c.parscale_n_tokens;
+  a->smooth = c.parscale_attn_smooth;
+  return a;
+}
+
+void add_unknown(const TensorStore& store, const std::set<std::string>& used, std::vector<std::string>& out) {
+  for (const auto& [name, info] : store.tensors())
+    if (!used.count(name)) out.push_back(name + " (" + info.file + ")");
+}
+
+}  // namespace
+
 ModelWeights load_weights(const ModelConfig& config_in, std::shared_ptr<TensorStore> store, const std::string& source,
                           const LoadOptions& options) {
   ModelWeights w;
   w.config = config_in;
-  w.store = store;
-  std::shared_ptr<TensorStore> adapter;
+  auto backbone = std::make_shared<Backbone>();
+  backbone->store = store;
+  std::shared_ptr<TensorStore> adapter_store;
+  std::string adapter_name;
   if (!options.adapter_files.empty()) {
-    adapter = TensorStore::open_files(options.adapter_files);
-    apply_adapter_metadata(w.config, *adapter, options.adapter_files.front());
-    w.owned.push_back(adapter);
+    adapter_store = TensorStore::open_files(options.adapter_files);
+    apply_adapter_metadata(w.config, *adapter_store, options.adapter_files.front());
+    adapter_name = options.adapter_files.front();
   }
   const ModelConfig& c = w.config;
-  const auto specs = model_tensor_specs(c);
-  std::map<std::string, const TensorSpec*> by_name;
-  for (const auto& s : specs) by_name[s.name] = &s;
-  Loader L{c, *store, adapter.get(), source, options, w, {}, nullptr};
-  auto spec = [&](const std::string& name) -> const TensorSpec& { return *by_name.at(name); };
-
-  w.embed_tokens = L.matrix(spec("model.embed_tokens.weight"), /*allow_convert=*/true);
-  w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    auto n = [&](const char* suffix) -> const TensorSpec& { return spec(layer_tensor_name(l, suffix)); };
-    lw.input_norm = L.vector_f32(n("input_layernorm.weight"));
-    lw.post_norm = L.vector_f32(n("post_attention_layernorm.weight"));
-    lw.q_proj = L.matrix(n("self_attn.q_proj.weight"), true);
-    lw.k_proj = L.matrix(n("self_attn.k_proj.weight"), true);
-    lw.v_proj = L.matrix(n("self_attn.v_proj.weight"), true);
-    lw.o_proj = L.matrix(n("self_attn.o_proj.weight"), true);
-    lw.q_bias = L.vector_f32(n("self_attn.q_proj.bias"));
-    lw.k_bias = L.vector_f32(n("self_attn.k_proj.bias"));
-    lw.v_bias = L.vector_f32(n("self_attn.v_proj.bias"));
-    lw.gate_proj = L.matrix(n("mlp.gate_proj.weight"), true);
-    lw.up_proj = L.matrix(n("mlp.up_proj.weight"), true);
-    lw.down_proj = L.matrix(n("mlp.down_proj.weight"), true);
-    if (c.parscale_n > 1) {
-      lw.prefix_k = L.vector_f32(n("self_attn.prefix_k"));
-      lw.prefix_v = L.vector_f32(n("self_attn.prefix_v"));
+  backbone->config = c;
+  std::shared_ptr<Adapter> adapter = c.parscale_n > 1 ? new_adapter(c, adapter_name) : nullptr;
+  if (adapter) {  // its tensors may view either file: keep both mapped while it lives
+    adapter->owned.push_back(store);
+    if (adapter_store) adapter->owned.push_back(adapter_store);
+  }
+  Loader L{*store, adapter_store.get(), source, options, backbone->owned, {}, nullptr};
+  bool tied = c.tie_word_embeddings;
+  for_each_tensor(c, [&](const TensorSpec& spec) {
+    // lm_head: stored when untied; absent means tied to embed_tokens (as HF does).
+    if (spec.role == TensorRole::LmHead && !store->find(spec.name)) {
+      tied = true;
+      return;
     }
+    const TensorSlot slot = tensor_slot(*backbone, adapter.get(), spec);
+    if (spec.group == ParamGroup::ParScale) {
+      // The adapter's own buffers (converted copies) live with the adapter.
+      Loader A{*store, adapter_store.get(), source, options, adapter->owned, {}, nullptr};
+      A.load(spec, slot);
+      L.used.insert(A.used.begin(), A.used.end());
+    } else {
+      L.load(spec, slot);
+    }
+  });
+  if (tied) {
+    backbone->lm_head = backbone->embed_tokens;
+    backbone->tied = true;
   }
-  w.final_norm = L.vector_f32(spec("model.norm.weight"));
-  if (c.parscale_n > 1) {
-    const int64_t P = c.parscale_n, H = c.hidden_size;
-    w.aggregate0 = {DType::F32, L.vector_f32(spec("model.aggregate_layer.0.weight")), H, P * H};
-    w.aggregate0_bias = L.vector_f32(spec("model.aggregate_layer.0.bias"));
-    w.aggregate2 = {DType::F32, L.vector_f32(spec("model.aggregate_layer.2.weight")), P, H};
-    w.aggregate2_bias = L.vector_f32(spec("model.aggregate_layer.2.bias"));
-  }
-  // lm_head: stored when untied; absent means tied to embed_tokens (as HF does).
-  const TensorInfo* head = store->find("lm_head.weight");
-  if (!c.tie_word_embeddings && head) {
-    w.lm_head = L.matrix(TensorSpec{"lm_head.weight", {c.vocab_size, c.hidden_size}, ParamGroup::Backbone, ParamKind::Matrix}, true);
-  } else {
-    w.lm_head = w.embed_tokens;
-    w.tied = true;
-  }
-  for (const auto& [name, info] : store->tensors())
-    if (!L.used.count(name)) w.unknown_tensors.push_back(name + " (" + info.file + ")");
-  if (adapter)
-    for (const auto& [name, info] : adapter->tensors())
-      if (!L.used.count(name)) w.unknown_tensors.push_back(name + " (" + info.file + ")");
+  add_unknown(*store, L.used, w.unknown_tensors);
+  if (adapter_store) add_unknown(*adapter_store, L.used, w.unknown_tensors);
+  w.backbone = backbone;
+  w.adapter = adapter;
   return w;
+}
+
+std::shared_ptr<const Adapter> load_adapter(const std::vector<std::string>& files, const ModelConfig& backbone_config,
+                                            std::vector<std::string>* unknown) {
+  check(!files.empty(), "load_adapter: no file");
+  auto store = TensorStore::open_files(files);
+  ModelConfig c = backbone_config;
+  apply_adapter_metadata(c, *store, files.front());
+  if (c.parscale_n < 2) throw Error(files.front() + ": an adapter needs parscale_n >= 2, found " + std::to_string(c.parscale_n));
+  auto adapter = new_adapter(c, files.front());
+  adapter->owned.push_back(store);
+  Backbone scratch;  // receives nothing: only ParScale tensors are visited
+  scratch.config = c;
+  LoadOptions no_convert;
+  Loader A{*store, store.get(), files.front(), no_convert, adapter->owned, {}, nullptr};
+  for_each_tensor(c, [&](const TensorSpec& spec) {
+    if (spec.group != ParamGroup::ParScale) return;
+    A.load(spec, tensor_slot(scratch, adapter.get(), spec));
+  });
+  if (unknown) add_unknown(*store, A.used, *unknown);
+  return adapter;
 }
 
 ModelWeights load_model(const std::string& dir, const LoadOptions& options) {
@@ -304,51 +378,24 @@ ModelWeights weights_from_parameters(const ParameterSet& p) {
   ModelWeights w;
   w.config = p.config;
   const ModelConfig& c = p.config;
-  auto vec = [&](const std::string& name) -> const float* {
-    const auto* v = p.find(name);
-    if (!v) throw Error("parameter set: missing '" + name + "'");
-    return v->data();
-  };
-  auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
-    return WeightView{DType::F32, vec(name), rows, cols};
-  };
-  const int64_t H = c.hidden_size, I = c.intermediate_size, QD = c.q_dim(), KD = c.kv_dim();
-  w.embed_tokens = mat("model.embed_tokens.weight", c.vocab_size, H);
-  w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    auto& lw = w.layers[static_cast<size_t>(l)];
-    auto n = [&](const char* s) { return layer_tensor_name(l, s); };
-    lw.input_norm = vec(n("input_layernorm.weight"));
-    lw.post_norm = vec(n("post_attention_layernorm.weight"));
-    lw.q_proj = mat(n("self_attn.q_proj.weight"), QD, H);
-    lw.k_proj = mat(n("self_attn.k_proj.weight"), KD, H);
-    lw.v_proj = mat(n("self_attn.v_proj.weight"), KD, H);
-    lw.o_proj = mat(n("self_attn.o_proj.weight"), H, QD);
-    lw.q_bias = vec(n("self_attn.q_proj.bias"));
-    lw.k_bias = vec(n("self_attn.k_proj.bias"));
-    lw.v_bias = vec(n("self_attn.v_proj.bias"));
-    lw.gate_proj = mat(n("mlp.gate_proj.weight"), I, H);
-    lw.up_proj = mat(n("mlp.up_proj.weight"), I, H);
-    lw.down_proj = mat(n("mlp.down_proj.weight"), H, I);
-    if (c.parscale_n > 1) {
-      lw.prefix_k = vec(n("self_attn.prefix_k"));
-      lw.prefix_v = vec(n("self_attn.prefix_v"));
-    }
-  }
-  w.final_norm = vec("model.norm.weight");
-  if (c.parscale_n > 1) {
-    const int64_t P = c.parscale_n;
-    w.aggregate0 = mat("model.aggregate_layer.0.weight", H, P * H);
-    w.aggregate0_bias = vec("model.aggregate_layer.0.bias");
-    w.aggregate2 = mat("model.aggregate_layer.2.weight", P, H);
-    w.aggregate2_bias = vec("model.aggregate_layer.2.bias");
+  auto backbone = std::make_shared<Backbone>();
+  backbone->config = c;
+  std::shared_ptr<Adapter> adapter = c.parscale_n > 1 ? new_adapter(c, "") : nullptr;
+  for (size_t i = 0; i < p.specs.size(); ++i) {
+    const TensorSpec& spec = p.specs[i];
+    check(p.values[i].size() == static_cast<size_t>(spec.numel()), "parameter set: '" + spec.name + "' has the wrong size");
+    const TensorSlot slot = tensor_slot(*backbone, adapter.get(), spec);
+    if (slot.matrix)
+      *slot.matrix = WeightView{DType::F32, p.values[i].data(), spec.shape[0], spec.shape.size() > 1 ? spec.shape[1] : 1};
+    else
+      *slot.vector = p.values[i].data();
   }
   if (c.tie_word_embeddings) {
-    w.lm_head = w.embed_tokens;
-    w.tied = true;
-  } else {
-    w.lm_head = mat("lm_head.weight", c.vocab_size, H);
+    backbone->lm_head = backbone->embed_tokens;
+    backbone->tied = true;
   }
+  w.backbone = backbone;
+  w.adapter = adapter;
   return w;
 }
 
@@ -369,46 +416,18 @@ void view_to_f32(const WeightView& v, float* dst) {
 ParameterSet parameters_from_weights(const ModelWeights& w) {
   ParameterSet p;
   p.config = w.config;
-  p.config.tie_word_embeddings = w.tied;
+  p.config.tie_word_embeddings = w.bb().tied;
   p.specs = model_tensor_specs(p.config);
-  const ModelConfig& c = p.config;
-  for (const auto& s : p.specs) {
-    std::vector<float> v(static_cast<size_t>(s.numel()));
-    auto copy = [&](const float* src) { std::memcpy(v.data(), src, v.size() * sizeof(float)); };
-    const std::string& n = s.name;
-    if (n == "model.embed_tokens.weight") view_to_f32(w.embed_tokens, v.data());
-    else if (n == "lm_head.weight") view_to_f32(w.lm_head, v.data());
-    else if (n == "model.norm.weight") copy(w.final_norm);
-    else if (n == "model.aggregate_layer.0.weight") copy(w.aggregate0.f32());
-    else if (n == "model.aggregate_layer.0.bias") copy(w.aggregate0_bias);
-    else if (n == "model.aggregate_layer.2.weight") copy(w.aggregate2.f32());
-    else if (n == "model.aggregate_layer.2.bias") copy(w.aggregate2_bias);
-    else {
-      // model.layers.{l}.<suffix>
-      const size_t a = std::strlen("model.layers.");
-      const size_t dot = n.find('.', a);
-      const int64_t l = std::stoll(n.substr(a, dot - a));
-      const std::string suf = n.substr(dot + 1);
-      const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
-      if (suf == "input_layernorm.weight") copy(lw.input_norm);
-      else if (suf == "post_attention_layernorm.weight") copy(lw.post_norm);
-      else if (suf == "self_attn.q_proj.weight") view_to_f32(lw.q_proj, v.data());
-      else if (suf == "self_attn.k_proj.weight") view_to_f32(lw.k_proj, v.data());
-      else if (suf == "self_attn.v_proj.weight") view_to_f32(lw.v_proj, v.data());
-      else if (suf == "self_attn.o_proj.weight") view_to_f32(lw.o_proj, v.data());
-      else if (suf == "self_attn.q_proj.bias") copy(lw.q_bias);
-      else if (suf == "self_attn.k_proj.bias") copy(lw.k_bias);
-      else if (suf == "self_attn.v_proj.bias") copy(lw.v_bias);
-      else if (suf == "self_attn.prefix_k") copy(lw.prefix_k);
-      else if (suf == "self_attn.prefix_v") copy(lw.prefix_v);
-      else if (suf == "mlp.gate_proj.weight") view_to_f32(lw.gate_proj, v.data());
-      else if (suf == "mlp.up_proj.weight") view_to_f32(lw.up_proj, v.data());
-      else if (suf == "mlp.down_proj.weight") view_to_f32(lw.down_proj, v.data());
-      else throw Error("parameters_from_weights: unhandled tensor '" + n + "'");
-    }
+  // Slots are read only; tensor_slot takes mutable objects to serve loading as well.
+  Backbone& b = const_cast<Backbone&>(w.bb());
+  Adapter* a = const_cast<Adapter*>(w.adapter.get());
+  for (const auto& spec : p.specs) {
+    std::vector<float> v(static_cast<size_t>(spec.numel()));
+    const TensorSlot slot = tensor_slot(b, a, spec);
+    if (slot.matrix) view_to_f32(*slot.matrix, v.data());
+    else std::memcpy(v.data(), *slot.vector, v.size() * sizeof(float));
     p.values.push_back(std::move(v));
   }
-  (void)c;
   return p;
 }
 

@@ -10,42 +10,34 @@
 #include "core/dtype.h"
 #include "core/weight_view.h"
 #include "io/safetensors.h"
+#include "model/backbone.h"
 #include "model/config.h"
+#include "parscale/adapter.h"
 #include "model/tensor_specs.h"
 
 namespace parscale {
 
-struct LayerWeights {
-  const float* input_norm = nullptr;  // [H]
-  const float* post_norm = nullptr;   // [H]
-  WeightView q_proj, k_proj, v_proj, o_proj;  // [QD,H], [KD,H], [KD,H], [H,QD]
-  const float* q_bias = nullptr;  // [QD]
-  const float* k_bias = nullptr;  // [KD]
-  const float* v_bias = nullptr;  // [KD]
-  WeightView gate_proj, up_proj, down_proj;  // [I,H], [I,H], [H,I]
-  const float* prefix_k = nullptr;  // [P, KVH, T, D] fp32, P > 1 only
-  const float* prefix_v = nullptr;  // [P, KVH, T, D]
-};
-
+// A model as loaded from a folder: the shared backbone and the adapter it runs with (the
+// folder's own ParScale parameters, or those of --adapter files; null when P = 1). `config` is
+// the backbone's config with the adapter's P, T and epsilon.
 struct ModelWeights {
   ModelConfig config;
-  WeightView embed_tokens;  // [V, H]
-  WeightView lm_head;       // [V, H] (same storage as embed_tokens when tied)
-  const float* final_norm = nullptr;  // [H]
-  WeightView aggregate0;    // [H, P*H] fp32, input feature index h*P + s
-  const float* aggregate0_bias = nullptr;  // [H]
-  WeightView aggregate2;    // [P, H] fp32
-  const float* aggregate2_bias = nullptr;  // [P]
-  std::vector<LayerWeights> layers;
-  bool tied = false;
-
+  std::shared_ptr<const Backbone> backbone;
+  std::shared_ptr<const Adapter> adapter;
   // Names found in the files that the config does not imply (reported, then ignored).
   std::vector<std::string> unknown_tensors;
-
-  // Keeps the mapped files and owned buffers alive.
-  std::shared_ptr<TensorStore> store;
-  std::vector<std::shared_ptr<void>> owned;
+  const Backbone& bb() const { return *backbone; }
 };
+
+// Where one tensor of the enumeration lives: a matrix view (embedding, projections, lm_head,
+// aggregation matrices) or an fp32 vector (norms, biases, prefixes). Exactly one is set.
+struct TensorSlot {
+  WeightView* matrix = nullptr;
+  const float** vector = nullptr;
+};
+// The field of `backbone` / `adapter` that holds `spec` (adapter may be null for backbone
+// tensors; throws for a ParScale tensor without an adapter). Sizes the per-layer vectors.
+TensorSlot tensor_slot(Backbone& backbone, Adapter* adapter, const TensorSpec& spec);
 
 struct LoadOptions {
   // Convert every matrix to this dtype at load ("as stored" when unset). DType::I8 quantises to
@@ -108,6 +100,12 @@ struct ParameterSet {
 
 // Weights viewing a ParameterSet (no copies; the set must outlive the returned weights).
 ModelWeights weights_from_parameters(const ParameterSet& params);
+
+// A ParScale adapter from safetensors file(s) (tensors + metadata parscale_n, parscale_n_tokens,
+// parscale_attn_smooth) for a backbone of `backbone_config`; checks every tensor's shape.
+// `unknown` (optional) receives tensors the adapter files hold beyond those it needs.
+std::shared_ptr<const Adapter> load_adapter(const std::vector<std::string>& files, const ModelConfig& backbone_config,
+                                            std::vector<std::string>* unknown = nullptr);
 
 // Copies every tensor of `weights` (converted to fp32) into a new ParameterSet.
 ParameterSet parameters_from_weights(const ModelWeights& weights);

@@ -140,12 +140,13 @@ void TrainModel::setup(int64_t B, int64_t L) {
   for (auto* b : {&kbuf_, &vbuf_, &dkbuf_, &dvbuf_}) grow(*b, cache);
   for (auto* b : {&gate_, &up_, &act_, &dact_}) grow(*b, N_ * I_);
   grow(lse_, N_ * NH_);
+  grow(views_, N_);
   grow(scratch_, static_cast<int64_t>(num_threads()) * std::max<int64_t>(2 * C_, kb::attention_backward_scratch(C_, D_)));
   grow(rstd_, N_);
 }
 
 void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
-  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+  const BackboneLayer& L = w_.bb().layers[static_cast<size_t>(l)];
   const float eps = static_cast<float>(c_.rms_norm_eps);
   const int64_t N = N_;
   // Same kernel sequence as qwen2_layer_forward.
@@ -174,8 +175,8 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
     for (int64_t h = 0; h < KVH_; ++h) {
       if (T_ > 0) {
         const int64_t off = ((s * KVH_ + h) * T_) * D_;
-        std::copy_n(L.prefix_k + off, T_ * D_, kv.k_at(r, h, 0));
-        std::copy_n(L.prefix_v + off, T_ * D_, kv.v_at(r, h, 0));
+        std::copy_n(w_.adapter->prefix_k[static_cast<size_t>(l)] + off, T_ * D_, kv.k_at(r, h, 0));
+        std::copy_n(w_.adapter->prefix_v[static_cast<size_t>(l)] + off, T_ * D_, kv.v_at(r, h, 0));
       }
       for (int64_t t = 0; t < L_; ++t) {
         const int64_t i = r * L_ + t;
@@ -184,7 +185,20 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
       }
     }
   }
-  kb::attention(q_.data(), N, NH_, row_.data(), n_visible_.data(), kv, scale_, attn_.data(), scratch_.data(), lse_.data());
+  // The inference kernel, seeing what inference sees: the prefix slots as one segment, then the
+  // real tokens from real slot 0 (the row read as one page of C slots starting after the prefix),
+  // so the key blocks and hence the results are the same as a Session's, bit for bit.
+  const kb::PagedKV real{kbuf_.data() + T_ * D_, vbuf_.data() + T_ * D_, DType::F32, KVH_, C_, D_};
+  for (int64_t i = 0; i < N; ++i) {
+    kb::KvView& v = views_[static_cast<size_t>(i)];
+    v.prefix_k = kv.k_at(row_[static_cast<size_t>(i)], 0, 0);
+    v.prefix_v = kv.v_at(row_[static_cast<size_t>(i)], 0, 0);
+    v.prefix_head_stride = C_ * D_;
+    v.n_prefix = static_cast<int32_t>(T_);
+    v.n_real = n_visible_[static_cast<size_t>(i)] - static_cast<int32_t>(T_);
+    v.pages = row_.data() + i;
+  }
+  kb::attention_paged(q_.data(), N, NH_, views_.data(), real, scale_, attn_.data(), lse_.data());
   matmul_rows(attn_.data(), N, L.o_proj, nullptr, tmp_.data());
   for (int64_t i = 0; i < N * H_; ++i) hmid_[static_cast<size_t>(i)] = x[i] + tmp_[static_cast<size_t>(i)];
   kb::rmsnorm(hmid_.data(), L.post_norm, xn2_.data(), N, H_, eps);
@@ -196,7 +210,7 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
 }
 
 void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients& g, bool need_dx) {
-  const LayerWeights& L = w_.layers[static_cast<size_t>(l)];
+  const BackboneLayer& L = w_.bb().layers[static_cast<size_t>(l)];
   const LayerIndex& ix = layer_idx_[static_cast<size_t>(l)];
   const float eps = static_cast<float>(c_.rms_norm_eps);
   const int64_t N = N_;
@@ -265,12 +279,12 @@ void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients&
 
 void TrainModel::run_forward(const int32_t* ids) {
   float* x0 = xs_[0].data();
-  embed_tokens(w_, ids, M_, x0);
+  embed_tokens(w_.bb(), ids, M_, x0);
   for (int64_t s = 1; s < P_; ++s) std::copy_n(x0, M_ * H_, x0 + s * M_ * H_);
   for (int64_t l = 0; l < NL_; ++l) layer_forward(l, xs_[static_cast<size_t>(l)].data(), xs_[static_cast<size_t>(l + 1)].data());
-  kb::rmsnorm(xs_[static_cast<size_t>(NL_)].data(), w_.final_norm, hn_.data(), N_, H_, static_cast<float>(c_.rms_norm_eps));
+  kb::rmsnorm(xs_[static_cast<size_t>(NL_)].data(), w_.bb().final_norm, hn_.data(), N_, H_, static_cast<float>(c_.rms_norm_eps));
   AggregateWorkspace aws;
-  aggregate_streams(w_, hn_.data(), M_, agg_.data(), aws);
+  aggregate_streams(w_.adapter.get(), H_, hn_.data(), M_, agg_.data(), aws);
 }
 
 void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g) {
@@ -285,9 +299,9 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
   for (int64_t m = 0; m < M; ++m)
     for (int64_t s = 0; s < P; ++s)
       for (int64_t k = 0; k < H; ++k) concat[static_cast<size_t>(m * P * H + k * P + s)] = hn_[static_cast<size_t>((s * M + m) * H + k)];
-  matmul_rows(concat.data(), M, w_.aggregate0, w_.aggregate0_bias, z.data());
+  matmul_rows(concat.data(), M, w_.adapter->aggregate0, w_.adapter->aggregate0_bias, z.data());
   for (size_t i = 0; i < z.size(); ++i) a[i] = z[i] / (1.0f + std::exp(-z[i]));
-  matmul_rows(a.data(), M, w_.aggregate2, w_.aggregate2_bias, p.data());
+  matmul_rows(a.data(), M, w_.adapter->aggregate2, w_.adapter->aggregate2_bias, p.data());
   kb::softmax_rows(p.data(), M, P);
   const float eps = static_cast<float>(c_.parscale_attn_smooth);
   for (size_t i = 0; i < p.size(); ++i) w[i] = eps != 0.0f ? p[i] * (1.0f - eps) + eps / static_cast<float>(P) : p[i];
@@ -308,10 +322,10 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
   std::vector<float> dlog(static_cast<size_t>(M * P)), da(static_cast<size_t>(M * H)), dconcat(static_cast<size_t>(M * P * H));
   kb::smoothed_softmax_backward(p.data(), dw.data(), dlog.data(), M, P, eps);
   if (float* g2 = g.get(agg2_w_)) kb::matmul_backward_weight(dlog.data(), a.data(), M, P, H, g2, g.get(agg2_b_));
-  kb::matmul_backward_input(dlog.data(), M, w_.aggregate2.f32(), P, H, da.data(), false);
+  kb::matmul_backward_input(dlog.data(), M, w_.adapter->aggregate2.f32(), P, H, da.data(), false);
   kb::silu_backward(z.data(), da.data(), da.data(), M * H);
   if (float* g0 = g.get(agg0_w_)) kb::matmul_backward_weight(da.data(), concat.data(), M, H, P * H, g0, g.get(agg0_b_));
-  kb::matmul_backward_input(da.data(), M, w_.aggregate0.f32(), H, P * H, dconcat.data(), false);
+  kb::matmul_backward_input(da.data(), M, w_.adapter->aggregate0.f32(), H, P * H, dconcat.data(), false);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t s = 0; s < P; ++s)
       for (int64_t k = 0; k < H; ++k) dhn[(s * M + m) * H + k] += dconcat[static_cast<size_t>(m * P * H + k * P + s)];
@@ -336,13 +350,13 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
   double loss = 0.0;
   for (int64_t r0 = 0; r0 < MT; r0 += kHeadChunk) {
     const int64_t rc = std::min(kHeadChunk, MT - r0);
-    matmul_rows(A.data() + r0 * H_, rc, w_.lm_head, nullptr, logits.data());
+    matmul_rows(A.data() + r0 * H_, rc, w_.bb().lm_head, nullptr, logits.data());
     if (!grads) {
       loss += kb::cross_entropy_loss(logits.data(), targets_.data() + r0, rc, V_, row_loss_.data());
       continue;
     }
     loss += kb::cross_entropy_forward_backward(logits.data(), targets_.data() + r0, rc, V_, loss_scale, row_loss_.data());
-    kb::matmul_backward_input(logits.data(), rc, w_.lm_head.f32(), V_, H_, dA.data() + r0 * H_, false);
+    kb::matmul_backward_input(logits.data(), rc, w_.bb().lm_head.f32(), V_, H_, dA.data() + r0 * H_, false);
     if (glm) kb::matmul_backward_weight(logits.data(), A.data() + r0 * H_, rc, V_, H_, glm, static_cast<float*>(nullptr));
   }
   if (!grads) return loss;
@@ -354,7 +368,7 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
   std::vector<float> dx(static_cast<size_t>(N_ * H_)), dhn(static_cast<size_t>(N_ * H_));
   aggregate_backward(dagg.data(), dhn.data(), g);
   // The final RMSNorm's input is xs_[NL].
-  kb::rmsnorm_backward(xs_[static_cast<size_t>(NL_)].data(), w_.final_norm, dhn.data(), dx.data(), g.get(final_norm_idx_), N_,
+  kb::rmsnorm_backward(xs_[static_cast<size_t>(NL_)].data(), w_.bb().final_norm, dhn.data(), dx.data(), g.get(final_norm_idx_), N_,
                        H_, static_cast<float>(c_.rms_norm_eps), false, rstd_.data());
   float* gemb = g.get(embed_idx_);
   for (int64_t l = NL_ - 1; l >= 0; --l)
@@ -378,7 +392,7 @@ void TrainModel::forward_logits(const int32_t* ids, int64_t B, int64_t L, std::v
   setup(B, L);
   run_forward(ids);
   logits.resize(static_cast<size_t>(M_ * V_));
-  matmul_rows(agg_.data(), M_, w_.lm_head, nullptr, logits.data());
+  matmul_rows(agg_.data(), M_, w_.bb().lm_head, nullptr, logits.data());
 }
 
 void TrainModel::capture_kv(const int32_t* ids, int64_t L, std::vector<std::vector<float>>& k,
@@ -390,7 +404,7 @@ void TrainModel::capture_kv(const int32_t* ids, int64_t L, std::vector<std::vect
   try {
     setup(1, L);
     float* x0 = xs_[0].data();
-    embed_tokens(w_, ids, L, x0);
+    embed_tokens(w_.bb(), ids, L, x0);
     for (int64_t s = 1; s < P_; ++s) std::copy_n(x0, L * H_, x0 + s * L * H_);
     for (int64_t l = 0; l < NL_; ++l) layer_forward(l, xs_[static_cast<size_t>(l)].data(), xs_[static_cast<size_t>(l + 1)].data());
   } catch (...) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "model/weights.h"
 
 namespace parscale::train {
@@ -69,6 +70,7 @@ class TrainModel {
   // Batch geometry of the current call.
   int64_t B_ = 0, L_ = 0, N_ = 0, M_ = 0, R_ = 0, C_ = 0;
   std::vector<int32_t> row_, pos_, n_visible_, targets_;
+  std::vector<kernels::KvView> views_;  // [N] what each token row attends to
   std::vector<int64_t> row_begin_;
   std::vector<float> inv_freq_, cos_t_, sin_t_;
   float scale_ = 1.0f;
