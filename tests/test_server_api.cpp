@@ -731,3 +731,27 @@ TEST(ServerHttp, DisconnectCancelsTheRequest) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
 }
+
+TEST(ServerHttp, DrainRefusesNewRequestsAndLetsRunningOnesFinish) {
+  Running srv;
+  srv.backend.delay_ms = 5;
+  std::string body;
+  std::thread client([&] {
+    auto c = srv.client();
+    auto r = c.Post("/v1/completions", R"({"prompt":"x","max_tokens":100,"ignore_eos":true,"stream":true})", "application/json");
+    if (r) body = r->body;
+  });
+  ASSERT_TRUE(eventually([&] { return srv.backend.active_ > 0; }));
+  srv.server->begin_drain();
+  auto c = srv.client();
+  auto r = c.Post("/v1/completions", R"({"prompt":"x","max_tokens":1})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "shutting_down");
+  EXPECT_TRUE(eventually([&] { return srv.server->wait_idle(std::chrono::milliseconds(10)); }));
+  client.join();
+  std::vector<json> ev = sse_data(body);
+  ASSERT_GE(ev.size(), 2u);
+  EXPECT_EQ(ev.back(), "[DONE]");
+  EXPECT_EQ(ev[ev.size() - 2]["choices"][0]["finish_reason"], "length");  // finished, not cut
+}

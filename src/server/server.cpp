@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <ctime>
 #include <mutex>
@@ -106,6 +107,11 @@ struct Server::Impl {
   std::mutex counters_mu;
   HttpCounters counters;
   std::atomic<bool> bound{false};
+  // Generation responses being written (jobs between submit and their provider's release).
+  std::mutex jobs_mu;
+  std::condition_variable jobs_cv;
+  int64_t active_jobs = 0;
+  std::atomic<bool> draining{false};
 
   Impl(Backend& b, Tokenizer t, ServerOptions o)
       : backend(b), tokenizer(std::move(t)), opt(std::move(o)), catalog(opt.model_name, backend.models()) {
@@ -220,7 +226,25 @@ struct Server::Impl {
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { generate(req, res, true); });
   }
 
+  void job_ended() {
+    std::lock_guard<std::mutex> lock(jobs_mu);
+    --active_jobs;
+    jobs_cv.notify_all();
+  }
+
   void generate(const httplib::Request& hreq, httplib::Response& res, bool chat) {
+    {
+      std::lock_guard<std::mutex> lock(jobs_mu);
+      if (draining) return send_error(res, ApiError(503, "server_error", "the server is shutting down", "", "shutting_down"));
+      ++active_jobs;  // from here until the response is released (or this function fails)
+    }
+    struct Active {
+      Impl* impl;
+      bool handed_over = false;
+      ~Active() {
+        if (!handed_over) impl->job_ended();
+      }
+    } active{this};
     auto job = std::make_shared<Job>();
     try {
       auto r = std::make_shared<GenerationRequest>(chat ? parse_chat_request(hreq.body, ctx) : parse_completion_request(hreq.body, ctx));
@@ -251,11 +275,13 @@ struct Server::Impl {
     job->created = static_cast<int64_t>(std::time(nullptr));
     // Both kinds of response are written by a chunked content provider, so that a client that
     // goes away is noticed (a failed write) and its engine requests are cancelled.
+    active.handed_over = true;  // the releaser ends it
     auto releaser = [this, job](bool success) {
       if (!job->ended || !success) {
         if (!job->all_done()) count_disconnect();
         job->cancel_all();
       }
+      job_ended();
     };
     if (job->req->stream) {
       res.set_header("Cache-Control", "no-cache");
@@ -344,6 +370,16 @@ int Server::bind() {
 void Server::run() {
   check(impl_->bound, "serve: run() before bind()");
   impl_->http.listen_after_bind();
+}
+
+void Server::begin_drain() {
+  std::lock_guard<std::mutex> lock(impl_->jobs_mu);
+  impl_->draining = true;
+}
+
+bool Server::wait_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(impl_->jobs_mu);
+  return impl_->jobs_cv.wait_for(lock, timeout, [&] { return impl_->active_jobs == 0; });
 }
 
 void Server::stop() {

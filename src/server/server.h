@@ -5,6 +5,7 @@
 // Threads: cpp-httplib runs each connection on a worker of its pool (`http_threads`); a
 // generation request keeps its worker while it streams, waiting on the engine's events.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -49,7 +50,14 @@ class Server {
   // Serves until stop(); returns once every connection's handler has returned (streams end
   // when their engine requests finish or are cancelled).
   void run();
-  // Stops accepting connections. Thread-safe, idempotent.
+  // Graceful shutdown, step 1: new generation requests get 503 (shutting_down); running ones go
+  // on. Thread-safe.
+  void begin_drain();
+  // Waits up to `timeout` until no generation response is being written; true when none is.
+  bool wait_idle(std::chrono::milliseconds timeout);
+  // Closes the listening socket and ends every connection: responses still being written are cut
+  // (cpp-httplib stops content providers once the server stops), so drain first. Thread-safe,
+  // idempotent.
   void stop();
 
   struct Impl;
