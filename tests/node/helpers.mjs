@@ -70,7 +70,10 @@ export function rawRequest(port, bytes, { timeoutMs = 30000 } = {}) {
       buf = Buffer.concat([buf, d]);
       if (/^HTTP\/1\.[01] \d{3}/.test(buf.toString("latin1"))) finish();
     });
-    sock.on("error", finish);
+    sock.on("error", (e) => {
+      if (!buf.length) buf = Buffer.from("socket error " + e.code);
+      finish();
+    });
     sock.on("close", finish);
     sock.on("connect", () => sock.write(bytes));
   });
