@@ -439,7 +439,7 @@ TEST(ServerApi, MetricsText) {
   for (const char* want :
        {"parscale_requests_running{streams=\"1\"} 1\n", "parscale_requests_waiting{streams=\"4\"} 2\n",
         "parscale_generation_tokens_total{streams=\"1\"} 42\n", "parscale_kv_pages_used 3\n", "parscale_kv_pages_total 100\n",
-        "parscale_step_seconds_bucket{le=\"0.01\"} 1\n", "parscale_step_seconds_bucket{le=\"0.10000000000000001\"} 2\n",
+        "parscale_step_seconds_bucket{le=\"0.01\"} 1\n", "parscale_step_seconds_bucket{le=\"0.1\"} 2\n",
         "parscale_step_seconds_bucket{le=\"+Inf\"} 3\n", "parscale_step_seconds_count 3\n",
         "parscale_time_to_first_token_seconds_bucket{streams=\"4\",le=\"0.5\"} 1\n", "# TYPE parscale_prompt_tokens_total counter\n",
         "parscale_http_responses_total{code=\"200\"} 7\n"})
