@@ -58,7 +58,8 @@ BENCHMARK(BM_Matmul)
     ->ArgsProduct({{0, 1, 2, 3}, {1, 8}, {8320}, {1536}})
     ->ArgsProduct({{1}, {1, 2, 4, 8, 16, 32}, {1536}, {8320}})
     ->ArgsProduct({{1}, {1, 8}, {1536}, {1536}})
-    ->ArgsProduct({{1}, {512}, {8320}, {1536}})
+    ->ArgsProduct({{0, 1, 3}, {512}, {8320}, {1536}})
+    ->ArgsProduct({{1}, {512}, {1536}, {8320}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -2,6 +2,7 @@
 // (double-precision accumulation): matmul for every weight dtype and shapes with ragged edges,
 // attention with GQA and long contexts (several key blocks), RMSNorm and SwiGLU.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <random>
@@ -9,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "kernels/kernels.h"
+#include "kernels/prefetch.h"
 
 using namespace parscale;
 using namespace parscale::kernels;
@@ -144,7 +146,8 @@ TEST_F(KernelPaths, AttentionMatchesReferenceWithGqaAndLongContext) {
       const std::vector<int32_t> row{0, 1, 1, 0, 1};
       const std::vector<int32_t> nvis{1, static_cast<int32_t>(c.capacity), static_cast<int32_t>(c.capacity / 2) + 1, 65 % static_cast<int32_t>(c.capacity) + 1, 2};
       std::vector<float> want(q.size()), got(q.size()), lse(static_cast<size_t>(N * c.heads), 0.0f);
-      std::vector<float> scratch(static_cast<size_t>(64 * c.capacity));
+      // The contract: num_threads * max(n_visible) floats (the machine may have more than 64 threads).
+      std::vector<float> scratch(static_cast<size_t>(omp_get_max_threads()) * static_cast<size_t>(c.capacity));
       const float scale = 1.0f / std::sqrt(static_cast<float>(c.D));
       attention_ref(q.data(), N, c.heads, row.data(), nvis.data(), kv, scale, want.data());
       attention(q.data(), N, c.heads, row.data(), nvis.data(), kv, scale, got.data(), scratch.data(), lse.data());
@@ -181,6 +184,20 @@ TEST_F(KernelPaths, RmsnormAndSwigluMatchFormulas) {
     for (size_t i = 0; i < sw.size(); ++i)
       ASSERT_NEAR(sw[i], sw_want[i], 1e-6 * (1.0 + std::fabs(sw_want[i]))) << kernel_path_name(p) << " swiglu " << i;
   }
+}
+
+TEST(KernelPrefetch, LookAheadRowStaysInsideTheWeights) {
+  // The decode matmul prefetches the rows one tile (NR rows) ahead; for the last tiles that used to
+  // form a pointer past the end of the weights (undefined behaviour). Every look-ahead row a
+  // decode tile can ask for, for every matrix height and tile width, is a row of the matrix.
+  for (int64_t rows = 1; rows <= 40; ++rows)
+    for (int64_t tile = 1; tile <= 8; ++tile)
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t p = prefetch_row(r, tile, rows);
+        EXPECT_GE(p, 0);
+        EXPECT_LT(p, rows) << "row " << r << " of " << rows << ", tile " << tile;
+        EXPECT_EQ(p, r + tile < rows ? r + tile : rows - 1);
+      }
 }
 
 TEST(KernelDispatch, NamesParseAndUnknownPathIsAnError) {

@@ -266,10 +266,11 @@ TEST(Loading, RandomCorruptionNeverCrashes) {
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(original[static_cast<size_t>(i)]);
   std::mt19937_64 rng(12345);
-  int errors = 0, loads = 0;
+  int errors = 0, loads = 0, truncated_loads = 0;
   for (int trial = 0; trial < 300; ++trial) {
     std::string bytes = original;
-    if (trial % 3 == 0) {
+    const bool truncated = trial % 3 == 0;
+    if (truncated) {
       bytes.resize(rng() % bytes.size());
     } else {
       const int flips = 1 + static_cast<int>(rng() % 4);
@@ -282,12 +283,15 @@ TEST(Loading, RandomCorruptionNeverCrashes) {
     try {
       ModelWeights w = load_model(dir.string());
       ++loads;
+      truncated_loads += truncated;
     } catch (const Error&) {
       ++errors;
     }
   }
   EXPECT_GT(errors, 150);  // most corruptions are caught
-  EXPECT_EQ(errors + loads, 300);
+  // A file cut anywhere lacks bytes the header promises: it never loads. (This replaces
+  // `errors + loads == 300`, which every run satisfied by construction.)
+  EXPECT_EQ(truncated_loads, 0) << loads << " loads";
 }
 
 }  // namespace

@@ -264,6 +264,57 @@ TEST(ChatTemplate, WhitespaceControlTrimAndLstripBlocks) {
   EXPECT_EQ(render("{{ x }}\n{{ y }}"), "\n");  // expression tags keep their newline
 }
 
+// Expects render(tmpl) to fail with an Error whose message holds `what` and `at line N`.
+void expect_limit(const std::string& tmpl, const std::string& what, int line) {
+  try {
+    render(tmpl);
+    ADD_FAILURE() << "no error for a template exceeding: " << what;
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    EXPECT_NE(msg.find("at line " + std::to_string(line) + ","), std::string::npos) << msg;
+  }
+}
+
+std::string repeat(const std::string& s, int n) {
+  std::string out;
+  for (int k = 0; k < n; ++k) out += s;
+  return out;
+}
+
+TEST(ChatTemplate, ResourceLimitsFailWithTheConstructAndLine) {
+  // Nesting: deep parentheses / unary chains (parser recursion), long operator chains (the tree
+  // the renderer recurses over), deeply nested blocks.
+  expect_limit("\n{{ " + repeat("(", 100000) + "1" + repeat(")", 100000) + " }}", "expression nested deeper than", 2);
+  expect_limit("{{ " + repeat("-", 100000) + "1 }}", "expression nested deeper than", 1);
+  expect_limit("{{ 1" + repeat(" + 1", 100000) + " }}", "expression nested deeper than", 1);
+  expect_limit("{{ x" + repeat("|string", 100000) + " }}", "expression nested deeper than", 1);
+  expect_limit("\n\n" + repeat("{% if true %}", 100000) + repeat("{% endif %}", 100000), "blocks nested deeper than", 3);
+  // Within the limits the same constructs still work.
+  EXPECT_EQ(render("{{ " + repeat("(", 20) + "1" + repeat(")", 20) + " }}{{ 1" + repeat(" + 1", 40) + " }}"), "141");
+  EXPECT_EQ(render(repeat("{% if true %}", 30) + "x" + repeat("{% endif %}", 30)), "x");
+  // range() is bounded before anything is allocated (it used to build the whole list).
+  expect_limit("\n{% for i in range(9223372036854775807) %}{% endfor %}", "range() of more than", 2);
+  expect_limit("{{ range(-9223372036854775807, 9223372036854775807, 3)|length }}", "range() of more than", 1);
+  EXPECT_EQ(render("{{ range(0, 10, 3)|list }} {{ range(5, 0, -2)|list }} {{ range(3, 1)|length }}"), "[0, 3, 6, 9] [5, 3, 1] 0");
+  // Loop iterations, output size, string and list growth, value nesting.
+  expect_limit("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "loop iterations", 1);
+  expect_limit("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "output longer than", 1);
+  expect_limit("{{ 'ab' * 9223372036854775807 }}", "string longer than", 1);
+  expect_limit("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+               "string longer than", 1);
+  expect_limit("{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+               "list of more than", 1);
+  expect_limit("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = [ns.l] %}{% endfor %}",
+               "value nested deeper than", 1);
+  expect_limit("{% set ns = namespace(x=1) %}\n{% set ns.x = ns %}{{ ns }}", "cannot store a namespace inside", 2);
+  expect_limit("{% set ns = namespace(x=1) %}{% set ns.x = [ns] %}", "cannot store a namespace inside", 1);
+  // Integer arithmetic never overflows silently (signed overflow is undefined behaviour).
+  expect_limit("{{ 9223372036854775807 + 1 }}", "integer overflow", 1);
+  expect_limit("{{ 4611686018427387904 * 4 }}", "integer overflow", 1);
+  expect_limit("{{ 99999999999999999999 }}", "out of range", 1);
+}
+
 // ---- CLI end to end ------------------------------------------------------------------------------
 
 std::string run(const std::string& command, int* status = nullptr) {

@@ -162,6 +162,26 @@ TEST(TrainCli, TwoMpiRanksEqualOneProcess) {
   EXPECT_EQ(slurp(d / "single/train_log.jsonl"), slurp(d / "mpi/train_log.jsonl"));
   EXPECT_EQ(slurp(d / "single/adapter.safetensors"), slurp(d / "mpi/adapter.safetensors"));
 }
+
+TEST(TrainCli, FailureOnOneMpiRankAbortsTheJob) {
+  // Rank 0's checkpoint write fails (its path is a non-empty directory) after step 1, while rank 1
+  // goes on into step 2's all-reduce: the job must end with the error instead of hanging there.
+  // (`timeout` only bounds a regression's hang; exit status 124 means the ranks stayed blocked.)
+  TempDir d;
+  const std::string data = make_tokens(d, 600, 64, 4);
+  fs::create_directories(d / "fail/checkpoint.safetensors/occupied");
+  const std::string mpi = std::string(PARSCALE_MPIEXEC) +
+                          " --allow-run-as-root --oversubscribe -np 2 --mca btl self,vader "
+                          "--mca btl_vader_single_copy_mechanism none --mca plm_rsh_agent false ";
+  std::string out;
+  const int rc = run("( OMPI_MCA_rmaps_base_oversubscribe=1 ASAN_OPTIONS=detect_leaks=0 timeout -k 10 120 " + mpi +
+                         train_cmd(kP2, data, d / "fail", "--checkpoint-every 1") + " 2>&1 )",
+                     &out);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(rc, 124) << "ranks left blocked: " << out;
+  EXPECT_NE(out.find("error on rank 0 of 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("checkpoint.safetensors"), std::string::npos) << out;
+}
 #endif
 
 std::vector<float> session_logits(const ModelWeights& w, const std::vector<int32_t>& ids) {

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <type_traits>
 
 #include "engine/session.h"
 #include "model/weights.h"
@@ -106,5 +107,14 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, TrainForwardEqualsSession,
                                            "train/train_p4_t2_tied_bf16", "models/ps3_t5_f16_untied_gqa3",
                                            "models/ps4_defaults_bf16_mqa", "models/ps2_smooth0_kvnull_f32",
                                            "models/ps3_t2_bf16_untied_d12", "models/qwen2_untied_bf16_gqa3"));
+
+TEST(TrainModel, CannotBeBuiltFromATemporaryParameterSet) {
+  // The model keeps a reference to its parameters: a temporary would dangle right away.
+  EXPECT_TRUE((std::is_constructible_v<train::TrainModel, const ParameterSet&>));
+  EXPECT_TRUE((std::is_constructible_v<train::TrainModel, ParameterSet&>));
+  EXPECT_FALSE((std::is_constructible_v<train::TrainModel, ParameterSet&&>));
+  EXPECT_FALSE((std::is_constructible_v<train::TrainModel, ParameterSet>));
+  EXPECT_FALSE((std::is_constructible_v<train::TrainModel, const ParameterSet&&>));
+}
 
 }  // namespace

@@ -49,7 +49,9 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
     GenerateOptions gen = o->gen;
     gen.eos_ids = cli::eos_ids_for(w.config, tok);
     const int64_t context = std::min<int64_t>(o->context, w.config.max_position_embeddings);
-    Session session(w, 1, context);
+    SessionOptions so;
+    so.kv_dtype = o->model.kv();
+    Session session(w, 1, context, so);
     Sampler sampler(gen.sampling, 0);
     std::vector<ChatMessage> history;
     if (!o->system.empty()) history.push_back({"system", o->system});

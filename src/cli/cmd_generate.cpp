@@ -75,6 +75,7 @@ int run_text(const Opts& o) {
     throw Error("tokenizer has " + std::to_string(tok.vocab_size()) + " tokens but the model's vocab_size is " +
                 std::to_string(w.config.vocab_size));
   GenerateOptions gen = o.gen;
+  gen.kv_dtype = o.model.kv();
   if (gen.eos_ids.empty()) gen.eos_ids = cli::eos_ids_for(w.config, tok);
   StreamDecoder dec(tok, /*skip_special=*/true);
   if (!o.json && o.messages.empty() && !o.chat) {
@@ -130,7 +131,9 @@ parscale::cli::RegisterCommand reg("generate", "generate tokens from token ids (
     std::vector<std::vector<int32_t>> prompts;
     for (const auto& s : o->ids) prompts.push_back(cli::parse_id_list(s, "--ids"));
     ModelWeights w = o->model.load();
-    GenerateResult r = generate(w, prompts, o->gen);
+    GenerateOptions gen = o->gen;
+    gen.kv_dtype = o->model.kv();
+    GenerateResult r = generate(w, prompts, gen);
     report_stops(r, w);
     auto list = [](const std::vector<int32_t>& v) {
       std::string s = "[";

@@ -29,7 +29,9 @@ parscale::cli::RegisterCommand reg("logits", "print the logits of every position
     ModelWeights w = o->model.load();
     int64_t longest = 0;
     for (const auto& s : seqs) longest = std::max<int64_t>(longest, static_cast<int64_t>(s.size()));
-    Session session(w, static_cast<int64_t>(seqs.size()), longest);
+    SessionOptions so;
+    so.kv_dtype = o->model.kv();
+    Session session(w, static_cast<int64_t>(seqs.size()), longest, so);
     std::vector<float> logits;
     session.forward(seqs, Session::Outputs::AllPositions, logits);
     const int64_t V = w.config.vocab_size;

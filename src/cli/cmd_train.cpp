@@ -97,56 +97,62 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
     using namespace parscale::train;
     set_num_threads(o->threads);
     ProcessGroup group;
-    TrainerOptions t = o->t;
-    t.tokenizer_dir = o->tokenizer.empty() ? o->model : o->tokenizer;
-    t.progress = !o->no_progress;
-    t.save_dtype = o->save_dtype == "bf16" ? DType::BF16 : DType::F32;
-    ParameterSet params = load_parameters(o->model, o->adapters);
-    if (o->streams > 1) {
-      if (params.config.parscale_n > 1) throw Error("--streams: " + o->model + " is already a ParScale model (P = " + std::to_string(params.config.parscale_n) + ")");
-      params = parscale_from_backbone(params, o->streams, o->prefix_tokens, o->smooth, t.seed);
-    }
-    t.mode = o->train == "all" ? TrainMode::All
-             : o->train == "parscale" ? TrainMode::ParScale
-             : params.config.parscale_n > 1 ? TrainMode::ParScale : TrainMode::All;
-    std::vector<int32_t> tokens;
-    if (o->bench) {
-      const int64_t n = (t.steps * t.batch + 4) * (t.seq_len - 1) + 1;
-      std::mt19937_64 rng(t.seed);
-      tokens.resize(static_cast<size_t>(n));
-      for (auto& id : tokens) id = static_cast<int32_t>(rng() % static_cast<uint64_t>(params.config.vocab_size));
-      t.out_dir.clear();
-      t.eval_every = 0;
-      t.eval_sequences = 0;
-    } else {
-      if (t.out_dir.empty()) throw Error("train: --out is required (or --bench)");
-      for (const auto& path : o->data) {
-        TokenFile f = read_token_file(path);
-        if (f.vocab_size && static_cast<int64_t>(f.vocab_size) > params.config.vocab_size)
-          throw Error(path + ": made for a vocabulary of " + std::to_string(f.vocab_size) + ", the model has " +
-                      std::to_string(params.config.vocab_size));
-        tokens.insert(tokens.end(), f.tokens.begin(), f.tokens.end());
+    // Any failure on one of several ranks ends the whole job (the others would block in MPI).
+    try {
+      TrainerOptions t = o->t;
+      t.tokenizer_dir = o->tokenizer.empty() ? o->model : o->tokenizer;
+      t.progress = !o->no_progress;
+      t.save_dtype = o->save_dtype == "bf16" ? DType::BF16 : DType::F32;
+      ParameterSet params = load_parameters(o->model, o->adapters);
+      if (o->streams > 1) {
+        if (params.config.parscale_n > 1) throw Error("--streams: " + o->model + " is already a ParScale model (P = " + std::to_string(params.config.parscale_n) + ")");
+        params = parscale_from_backbone(params, o->streams, o->prefix_tokens, o->smooth, t.seed);
       }
-      auto text = read_text_tokens(*o);
-      tokens.insert(tokens.end(), text.begin(), text.end());
-      if (tokens.empty()) throw Error("train: no data (give --data FILE.bin or --text FILE)");
-      for (int32_t id : tokens)
-        if (id >= params.config.vocab_size)
-          throw Error("train: token id " + std::to_string(id) + " is outside the model's vocabulary of " + std::to_string(params.config.vocab_size));
+      t.mode = o->train == "all" ? TrainMode::All
+               : o->train == "parscale" ? TrainMode::ParScale
+               : params.config.parscale_n > 1 ? TrainMode::ParScale : TrainMode::All;
+      std::vector<int32_t> tokens;
+      if (o->bench) {
+        const int64_t n = (t.steps * t.batch + 4) * (t.seq_len - 1) + 1;
+        std::mt19937_64 rng(t.seed);
+        tokens.resize(static_cast<size_t>(n));
+        for (auto& id : tokens) id = static_cast<int32_t>(rng() % static_cast<uint64_t>(params.config.vocab_size));
+        t.out_dir.clear();
+        t.eval_every = 0;
+        t.eval_sequences = 0;
+      } else {
+        if (t.out_dir.empty()) throw Error("train: --out is required (or --bench)");
+        for (const auto& path : o->data) {
+          TokenFile f = read_token_file(path);
+          if (f.vocab_size && static_cast<int64_t>(f.vocab_size) > params.config.vocab_size)
+            throw Error(path + ": made for a vocabulary of " + std::to_string(f.vocab_size) + ", the model has " +
+                        std::to_string(params.config.vocab_size));
+          tokens.insert(tokens.end(), f.tokens.begin(), f.tokens.end());
+        }
+        auto text = read_text_tokens(*o);
+        tokens.insert(tokens.end(), text.begin(), text.end());
+        if (tokens.empty()) throw Error("train: no data (give --data FILE.bin or --text FILE)");
+        for (int32_t id : tokens)
+          if (id >= params.config.vocab_size)
+            throw Error("train: token id " + std::to_string(id) + " is outside the model's vocabulary of " + std::to_string(params.config.vocab_size));
+      }
+      Dataset data(std::move(tokens), t.seq_len, o->bench ? 0.0 : o->eval_fraction, t.seed);
+      if (group.root() && t.progress)
+        std::fprintf(stderr, "train: P = %ld, mode %s, %ld training / %ld held-out sequences of %ld tokens, %d rank(s), %d thread(s) each\n",
+                     static_cast<long>(params.config.parscale_n), t.mode == TrainMode::All ? "all" : "parscale (frozen backbone)",
+                     static_cast<long>(data.train_windows()), static_cast<long>(data.eval_windows()), static_cast<long>(t.seq_len),
+                     group.size(), num_threads());
+      TrainResult r = train::train(params, data, t, group);
+      if (group.root() && (o->json || o->bench)) {
+        std::printf("{\"steps_done\": %ld, \"final_loss\": %.9g, \"eval_loss\": %.9g, \"tokens_per_second\": %.1f, \"ranks\": %d, \"threads\": %d}\n",
+                    static_cast<long>(r.steps_done), r.losses.empty() ? -1.0 : r.losses.back(), r.last_eval_loss,
+                    r.tokens_per_second, group.size(), num_threads());
+      }
+      return 0;
+    } catch (const std::exception& e) {
+      if (group.size() > 1) group.abort_job(e.what());
+      throw;
     }
-    Dataset data(std::move(tokens), t.seq_len, o->bench ? 0.0 : o->eval_fraction, t.seed);
-    if (group.root() && t.progress)
-      std::fprintf(stderr, "train: P = %ld, mode %s, %ld training / %ld held-out sequences of %ld tokens, %d rank(s), %d thread(s) each\n",
-                   static_cast<long>(params.config.parscale_n), t.mode == TrainMode::All ? "all" : "parscale (frozen backbone)",
-                   static_cast<long>(data.train_windows()), static_cast<long>(data.eval_windows()), static_cast<long>(t.seq_len),
-                   group.size(), num_threads());
-    TrainResult r = train::train(params, data, t, group);
-    if (group.root() && (o->json || o->bench)) {
-      std::printf("{\"steps_done\": %ld, \"final_loss\": %.9g, \"eval_loss\": %.9g, \"tokens_per_second\": %.1f, \"ranks\": %d, \"threads\": %d}\n",
-                  static_cast<long>(r.steps_done), r.losses.empty() ? -1.0 : r.losses.back(), r.last_eval_loss,
-                  r.tokens_per_second, group.size(), num_threads());
-    }
-    return 0;
   };
 });
 

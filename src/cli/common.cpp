@@ -17,7 +17,11 @@ void ModelOptions::add_to(CLI::App& app, bool model_required) {
   app.add_option("--dtype", dtype, "matrix dtype in memory: auto (as stored), f32, bf16, f16, q8 (8-bit, per-32 scales)")
       ->check(CLI::IsMember({"auto", "f32", "bf16", "f16", "q8"}));
   app.add_option("--threads", threads, "worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--kv-dtype", kv_dtype, "KV cache dtype: f32 (exact), bf16, f16 (half the memory)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
 }
+
+DType ModelOptions::kv() const { return kv_dtype == "bf16" ? DType::BF16 : kv_dtype == "f16" ? DType::F16 : DType::F32; }
 
 ModelWeights ModelOptions::load() const {
   set_num_threads(threads);

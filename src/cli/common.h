@@ -16,10 +16,13 @@ struct ModelOptions {
   std::vector<std::string> adapters;
   std::string dtype = "auto";  // auto (as stored), f32, bf16, f16, q8
   int threads = 0;             // 0 = all cores
+  std::string kv_dtype = "f32";  // KV cache: f32, bf16, f16
   // Adds --model (required unless `model_required` is false), --adapter, --dtype, --threads.
   void add_to(CLI::App& app, bool model_required = true);
   // Applies --threads and loads the model; prints unknown-tensor warnings to stderr.
   ModelWeights load() const;
+  // --kv-dtype as a DType.
+  DType kv() const;
 };
 
 // --temperature, --top-k, --top-p, --min-p, --repetition-penalty, --seed (defaults from `p`).

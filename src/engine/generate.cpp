@@ -46,7 +46,9 @@ GenerateResult generate(const ModelWeights& w, const std::vector<std::vector<int
   for (const auto& p : prompts) res.prompt_tokens += static_cast<int64_t>(p.size());
   if (opt.max_tokens == 0) return res;
 
-  Session session(w, B, max_len);
+  SessionOptions so;
+  so.kv_dtype = opt.kv_dtype;
+  Session session(w, B, max_len, so);
   std::vector<float> logits;
   std::vector<std::vector<int32_t>> chunks(prompts.begin(), prompts.end());
   auto t0 = clock::now();

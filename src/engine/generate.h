@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "engine/sampling.h"
 #include "model/weights.h"
 
@@ -16,6 +17,7 @@ struct GenerateOptions {
   bool ignore_eos = false;
   std::vector<int64_t> eos_ids;  // defaults to the model's eos ids when empty
   SamplingParams sampling;
+  DType kv_dtype = DType::F32;   // KV cache dtype of the session
 };
 
 enum class StopReason { Eos, MaxTokens, ContextLimit };

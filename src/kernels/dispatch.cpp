@@ -4,6 +4,10 @@
 #include <omp.h>
 #include <sys/mman.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -38,16 +42,24 @@ const KernelTable* table_for(KernelPath p) {
   return nullptr;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+// F16C from CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports does not know "f16c").
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
+}
+#endif
+
 bool cpu_has(KernelPath p) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   switch (p) {
     case KernelPath::Scalar: return true;
     case KernelPath::AVX2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case KernelPath::AVX512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   }
   return false;
 #else
@@ -56,6 +68,7 @@ bool cpu_has(KernelPath p) {
 }
 
 std::atomic<const KernelTable*> g_active{nullptr};
+std::atomic<bool> g_fast{false};
 std::once_flag g_init;
 
 void init_from_environment() {
@@ -68,12 +81,32 @@ void init_from_environment() {
         throw Error(std::string("PARSCALE_KERNELS=") + env + ": this CPU (or build) does not support the " +
                     kernel_path_name(p) + " path");
     }
+    const char* mode = std::getenv("PARSCALE_COMPUTE");
+    if (mode && *mode) g_fast.store(parse_compute_mode(mode) == ComputeMode::Fast);
     const KernelTable* expected = nullptr;
     g_active.compare_exchange_strong(expected, table_for(p));
   });
 }
 
+bool cpu_has_bf16dot() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return cpu_has(KernelPath::AVX512) && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
+
+// Fast mode, the AVX-512 path active and BF16 weights: the bf16 dot-product kernels.
+bool use_bf16dot(const WeightView& W) {
+  if (W.dtype != DType::BF16) return false;
+  const KernelPath path = active().path;  // (reads the environment on the first call)
+  if (!g_fast.load(std::memory_order_relaxed)) return false;
+  static const bool ok = bf16dot_compiled() && cpu_has_bf16dot();
+  return ok && path == KernelPath::AVX512;
+}
 
 const KernelTable& active() {
   const KernelTable* t = g_active.load(std::memory_order_acquire);
@@ -223,20 +256,47 @@ void set_kernel_path(KernelPath p) {
   detail::g_active.store(detail::table_for(p), std::memory_order_release);
 }
 
+const char* compute_mode_name(ComputeMode m) { return m == ComputeMode::Fast ? "fast" : "exact"; }
+
+ComputeMode parse_compute_mode(const char* name) {
+  const std::string s = name ? name : "";
+  if (s == "exact") return ComputeMode::Exact;
+  if (s == "fast") return ComputeMode::Fast;
+  throw Error("compute mode \"" + s + "\" is not one of exact, fast");
+}
+
+ComputeMode active_compute_mode() {
+  detail::init_from_environment();
+  return detail::g_fast.load() ? ComputeMode::Fast : ComputeMode::Exact;
+}
+
+void set_compute_mode(ComputeMode m) {
+  detail::init_from_environment();
+  detail::g_fast.store(m == ComputeMode::Fast);
+}
+
+bool fast_bf16_supported() { return detail::bf16dot_compiled() && detail::cpu_has_bf16dot(); }
+
 void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, bias, y, false);
   detail::active().matmul(x, M, W, bias, y, false);
 }
 
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y) {
+  if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, nullptr, y, true);
   detail::active().matmul(x, M, W, nullptr, y, true);
 }
 
 void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
   if (count < 0 || count > 8) throw Error("matmul_multi: at most 8 outputs");  // (no string built per call)
+  bool bf16dot = count > 0;
+  for (int i = 0; i < count; ++i) bf16dot = bf16dot && detail::use_bf16dot(*outs[i].W) && outs[i].W->cols == outs[0].W->cols;
+  if (bf16dot) return detail::matmul_multi_bf16dot(x, M, outs, count);
   detail::active().matmul_multi(x, M, outs, count);
 }
 
 void gate_up_swiglu(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up, float* out) {
+  if (detail::use_bf16dot(Wg) && detail::use_bf16dot(Wu)) return detail::gate_up_swiglu_bf16dot(x, M, Wg, Wu, gate, up, out);
   detail::active().gate_up_swiglu(x, M, Wg, Wu, gate, up, out);
 }
 

@@ -25,6 +25,23 @@ KernelPath active_kernel_path();
 // Throws parscale::Error when the path is not supported here.
 void set_kernel_path(KernelPath p);
 
+// ---- compute modes ----------------------------------------------------------------------------
+// Exact (the default): fp32 activations and fp32 FMAs on every path (what the golden tests check).
+// Fast: for BF16 weights on the AVX-512 path of a CPU with AVX512-BF16, matmul, matmul_add,
+// matmul_multi and gate_up_swiglu round the activations to bf16 (nearest even) and use bf16 dot
+// products with fp32 accumulation (reference: matmul_bf16_ref); everything else, and every other
+// path or dtype, computes as in exact mode. Both modes are batch invariant: an output row does not
+// depend on the number of rows M or on the other rows. The environment variable
+// PARSCALE_COMPUTE=exact|fast (read once, at the first kernel call) or set_compute_mode() picks it.
+enum class ComputeMode { Exact, Fast };
+const char* compute_mode_name(ComputeMode m);
+// Parses "exact", "fast" (throws parscale::Error otherwise).
+ComputeMode parse_compute_mode(const char* name);
+ComputeMode active_compute_mode();
+void set_compute_mode(ComputeMode m);
+// Whether this binary and CPU have the bf16 dot-product kernels the fast mode uses.
+bool fast_bf16_supported();
+
 // ---- machine probes (for roofline figures; run on the active path, all OpenMP threads) ---------
 // Sustained fp32 FMA rate in GFLOP/s (independent register-resident FMA chains, about `seconds`).
 double probe_fma_gflops(double seconds);
@@ -36,6 +53,9 @@ double probe_read_bandwidth(size_t bytes, double seconds);
 // x rows are contiguous with stride K; y rows with stride N. W is read once per call.
 void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
 void matmul_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
+// The fast mode's arithmetic for BF16 W: bf16(x) · W^T (+ bias) with exact products summed in
+// double, where bf16() rounds to nearest even.
+void matmul_bf16_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
 // y[M, N] += x[M, K] · W[N, K]^T (the residual add fused into the matmul).
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y);
 

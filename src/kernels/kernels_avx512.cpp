@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/dispatch.h"
+#include "kernels/prefetch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>

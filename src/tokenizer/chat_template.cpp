@@ -1,11 +1,14 @@
 #include "tokenizer/chat_template.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <functional>
 #include <map>
 #include <memory>
+#include <system_error>
 #include <unordered_map>
 
 #include "core/error.h"
@@ -16,6 +19,14 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Values (Python semantics as Jinja sees them)
+
+// Resource limits: a template downloaded with a model must not exhaust the stack, memory or
+// time. Exceeding one fails with parscale::Error naming the construct and its line.
+constexpr int kMaxNesting = 64;                  // nested blocks; expression tree depth
+constexpr int kMaxValueDepth = 64;               // lists / dicts nested inside each other
+constexpr int64_t kMaxItems = 100000;            // items of one list (range(), +)
+constexpr int64_t kMaxIterations = 1000000;      // loop iterations in one rendering
+constexpr size_t kMaxStringBytes = 16u << 20;    // bytes of the output and of any one string
 
 struct Value;
 using List = std::vector<Value>;
@@ -30,6 +41,8 @@ struct Value {
   std::string s;
   std::shared_ptr<List> list;
   std::shared_ptr<Dict> dict;  // shared: namespace() objects are mutated through it
+  int depth = 0;                // 0 for scalars; 1 + the deepest element for a list / dict
+  bool holds_namespace = false; // a namespace() object or a container holding one
 
   static Value none() { Value v; v.kind = Kind::None; return v; }
   static Value boolean(bool x) { Value v; v.kind = Kind::Bool; v.b = x; return v; }
@@ -37,10 +50,16 @@ struct Value {
   static Value real(double x) { Value v; v.kind = Kind::Float; v.f = x; return v; }
   static Value str(std::string x) { Value v; v.kind = Kind::String; v.s = std::move(x); return v; }
   static Value of_list(List l) {
-    Value v; v.kind = Kind::List; v.list = std::make_shared<List>(std::move(l)); return v;
+    Value v; v.kind = Kind::List;
+    for (const Value& x : l) v.depth = std::max(v.depth, x.depth), v.holds_namespace |= x.holds_namespace;
+    ++v.depth;
+    v.list = std::make_shared<List>(std::move(l)); return v;
   }
   static Value of_dict(Dict d) {
-    Value v; v.kind = Kind::Dict; v.dict = std::make_shared<Dict>(std::move(d)); return v;
+    Value v; v.kind = Kind::Dict;
+    for (const auto& [k, x] : d) v.depth = std::max(v.depth, x.depth), v.holds_namespace |= x.holds_namespace;
+    ++v.depth;
+    v.dict = std::make_shared<Dict>(std::move(d)); return v;
   }
   bool is(Kind k) const { return kind == k; }
   bool defined() const { return kind != Kind::Undefined; }
@@ -328,6 +347,7 @@ struct Expr {
   enum Kind { Literal, Name, Attr, Index, Slice, Call, Filter, Test, Not, Neg, Binary, And, Or,
               Cond, ListLit, DictLit } kind;
   size_t pos = 0;
+  int depth = 1;  // of this tree (a leaf is 1); at most kMaxNesting
   Value literal;
   std::string name;  // Name, Attr, Filter, Test, Binary operator, Call method name
   std::vector<std::unique_ptr<Expr>> args;  // operands / call args / list items / dict k,v pairs
@@ -345,6 +365,7 @@ ExprPtr make(Expr::Kind kind, size_t pos) {
 class ExprParser {
  public:
   ExprParser(std::vector<Tok> toks, const Failure& fail) : toks_(std::move(toks)), fail_(fail) {}
+  ExprParser(ExprParser&&) = default;
 
   const Tok& peek(size_t ahead = 0) const { return toks_[std::min(at_ + ahead, toks_.size() - 1)]; }
   bool at_end() const { return peek().kind == Tok::End; }
@@ -369,6 +390,7 @@ class ExprParser {
   [[noreturn]] void fail(const std::string& what) const { fail_(peek().pos, what); }
 
   ExprPtr expression() {  // conditional expression
+    Nest nest(*this);
     ExprPtr value = or_expr();
     if (is_name("if")) {
       const size_t pos = next().pos;
@@ -381,21 +403,39 @@ class ExprParser {
       } else {
         otherwise = make(Expr::Literal, pos);  // undefined
       }
-      cond->args.push_back(std::move(test));
-      cond->args.push_back(std::move(value));
-      cond->args.push_back(std::move(otherwise));
+      adopt(*cond, std::move(test));
+      adopt(*cond, std::move(value));
+      adopt(*cond, std::move(otherwise));
       return cond;
     }
     return value;
   }
 
  private:
+  // Bounds the parser's recursion (parentheses, unary operators, nested literals).
+  struct Nest {
+    ExprParser& p;
+    explicit Nest(ExprParser& parser) : p(parser) {
+      if (++p.nest_ > 3 * kMaxNesting) p.fail("expression nested deeper than " + std::to_string(kMaxNesting) + " levels");
+    }
+    ~Nest() { --p.nest_; }
+  };
+  // adopt(*parent, child), keeping parent->depth = 1 + the deepest child within the limit
+  // (left-associative chains such as 1+1+1+... grow the tree without recursing in the parser).
+  void adopt(Expr& parent, ExprPtr child) {
+    parent.depth = std::max(parent.depth, child->depth + 1);
+    if (parent.depth > kMaxNesting)
+      fail_(parent.pos, "expression nested deeper than " + std::to_string(kMaxNesting) + " levels");
+    parent.args.push_back(std::move(child));
+  }
+  int nest_ = 0;
+
   ExprPtr or_expr() {
     ExprPtr left = and_expr();
     while (is_name("or")) {
       auto e = make(Expr::Or, next().pos);
-      e->args.push_back(std::move(left));
-      e->args.push_back(and_expr());
+      adopt(*e, std::move(left));
+      adopt(*e, and_expr());
       left = std::move(e);
     }
     return left;
@@ -404,16 +444,17 @@ class ExprParser {
     ExprPtr left = not_expr();
     while (is_name("and")) {
       auto e = make(Expr::And, next().pos);
-      e->args.push_back(std::move(left));
-      e->args.push_back(not_expr());
+      adopt(*e, std::move(left));
+      adopt(*e, not_expr());
       left = std::move(e);
     }
     return left;
   }
   ExprPtr not_expr() {
+    Nest nest(*this);
     if (is_name("not")) {
       auto e = make(Expr::Not, next().pos);
-      e->args.push_back(not_expr());
+      adopt(*e, not_expr());
       return e;
     }
     return comparison();
@@ -438,11 +479,11 @@ class ExprParser {
         auto e = make(Expr::Test, next().pos);
         if (is_name("not")) { next(); e->negated = true; }
         e->name = expect_name();
-        e->args.push_back(std::move(left));
+        adopt(*e, std::move(left));
         // Tests with an argument: `is divisibleby(3)`, `is sameas x`, `is eq 1` (only literal forms).
         if (is_op("(")) {
           next();
-          if (!is_op(")")) e->args.push_back(expression());
+          if (!is_op(")")) adopt(*e, expression());
           expect_op(")");
         }
         left = std::move(e);
@@ -452,8 +493,8 @@ class ExprParser {
       }
       auto e = make(Expr::Binary, t.pos);
       e->name = op, e->negated = negated;
-      e->args.push_back(std::move(left));
-      e->args.push_back(concat());
+      adopt(*e, std::move(left));
+      adopt(*e, concat());
       left = std::move(e);
     }
   }
@@ -462,8 +503,8 @@ class ExprParser {
     while (is_op("~")) {
       auto e = make(Expr::Binary, next().pos);
       e->name = "~";
-      e->args.push_back(std::move(left));
-      e->args.push_back(additive());
+      adopt(*e, std::move(left));
+      adopt(*e, additive());
       left = std::move(e);
     }
     return left;
@@ -474,8 +515,8 @@ class ExprParser {
       const Tok t = next();
       auto e = make(Expr::Binary, t.pos);
       e->name = t.text;
-      e->args.push_back(std::move(left));
-      e->args.push_back(multiplicative());
+      adopt(*e, std::move(left));
+      adopt(*e, multiplicative());
       left = std::move(e);
     }
     return left;
@@ -486,16 +527,17 @@ class ExprParser {
       const Tok t = next();
       auto e = make(Expr::Binary, t.pos);
       e->name = t.text;
-      e->args.push_back(std::move(left));
-      e->args.push_back(unary());
+      adopt(*e, std::move(left));
+      adopt(*e, unary());
       left = std::move(e);
     }
     return left;
   }
   ExprPtr unary() {
+    Nest nest(*this);
     if (is_op("-")) {
       auto e = make(Expr::Neg, next().pos);
-      e->args.push_back(unary());
+      adopt(*e, unary());
       return e;
     }
     if (is_op("+")) {
@@ -509,9 +551,11 @@ class ExprParser {
       if (peek().kind == Tok::Name && is_op("=", 1)) {
         std::string key = next().text;
         next();
-        e.kwargs.emplace_back(std::move(key), expression());
+        ExprPtr value = expression();
+        e.depth = std::max(e.depth, value->depth + 1);
+        e.kwargs.emplace_back(std::move(key), std::move(value));
       } else {
-        e.args.push_back(expression());
+        adopt(e, expression());
       }
       if (!is_op(",")) break;
       next();
@@ -525,7 +569,7 @@ class ExprParser {
         const size_t pos = next().pos;
         auto a = make(Expr::Attr, pos);
         a->name = expect_name();
-        a->args.push_back(std::move(e));
+        adopt(*a, std::move(e));
         e = std::move(a);
       } else if (is_op("[")) {
         const size_t pos = next().pos;
@@ -546,24 +590,24 @@ class ExprParser {
         if (!slice) {
           if (!parts[0]) fail("empty subscript");
           auto x = make(Expr::Index, pos);
-          x->args.push_back(std::move(e));
-          x->args.push_back(std::move(parts[0]));
+          adopt(*x, std::move(e));
+          adopt(*x, std::move(parts[0]));
           e = std::move(x);
         } else {
           auto x = make(Expr::Slice, pos);
-          x->args.push_back(std::move(e));
-          for (auto& p : parts) x->args.push_back(p ? std::move(p) : make(Expr::Literal, pos));
+          adopt(*x, std::move(e));
+          for (auto& p : parts) adopt(*x, p ? std::move(p) : make(Expr::Literal, pos));
           e = std::move(x);
         }
       } else if (is_op("(")) {
         auto c = make(Expr::Call, next().pos);
-        c->args.push_back(std::move(e));
+        adopt(*c, std::move(e));
         call_arguments(*c);
         e = std::move(c);
       } else if (is_op("|")) {
         auto f = make(Expr::Filter, next().pos);
         f->name = expect_name();
-        f->args.push_back(std::move(e));
+        adopt(*f, std::move(e));
         if (is_op("(")) {
           next();
           call_arguments(*f);
@@ -585,7 +629,10 @@ class ExprParser {
       }
       case Tok::Int: {
         auto e = make(Expr::Literal, t.pos);
-        e->literal = Value::integer(std::stoll(t.text));
+        int64_t value = 0;
+        const auto r = std::from_chars(t.text.data(), t.text.data() + t.text.size(), value);
+        if (r.ec != std::errc() || r.ptr != t.text.data() + t.text.size()) fail_(t.pos, "integer literal " + t.text + " out of range");
+        e->literal = Value::integer(value);
         return e;
       }
       case Tok::Float: {
@@ -607,11 +654,11 @@ class ExprParser {
           ExprPtr inner = expression();
           if (is_op(",")) {  // tuple -> list
             auto l = make(Expr::ListLit, t.pos);
-            l->args.push_back(std::move(inner));
+            adopt(*l, std::move(inner));
             while (is_op(",")) {
               next();
               if (is_op(")")) break;
-              l->args.push_back(expression());
+              adopt(*l, expression());
             }
             inner = std::move(l);
           }
@@ -621,7 +668,7 @@ class ExprParser {
         if (t.text == "[") {
           auto l = make(Expr::ListLit, t.pos);
           while (!is_op("]")) {
-            l->args.push_back(expression());
+            adopt(*l, expression());
             if (!is_op(",")) break;
             next();
           }
@@ -631,9 +678,9 @@ class ExprParser {
         if (t.text == "{") {
           auto d = make(Expr::DictLit, t.pos);
           while (!is_op("}")) {
-            d->args.push_back(expression());
+            adopt(*d, expression());
             expect_op(":");
-            d->args.push_back(expression());
+            adopt(*d, expression());
             if (!is_op(",")) break;
             next();
           }
@@ -668,7 +715,7 @@ using Body = std::vector<NodePtr>;
 
 struct Chunk {
   enum Kind { Text, Expr, Stmt } kind;
-  size_t begin, end;  // content range in the source (inside the delimiters for tags)
+  size_t begin, end;  // content range in the source (inside the delimiters for tags; text: where it starts)
   std::string text;   // Text chunks after whitespace control
 };
 
@@ -698,7 +745,7 @@ std::vector<Chunk> split_chunks(const std::string& src, const Failure& fail) {
     }
     strip_next = trim_newline = false;
     if (open == std::string::npos) {
-      if (!text.empty()) chunks.push_back({Chunk::Text, 0, 0, std::move(text)});
+      if (!text.empty()) chunks.push_back({Chunk::Text, i, i, std::move(text)});
       break;
     }
     const char kind = src[open + 1];
@@ -714,7 +761,7 @@ std::vector<Chunk> split_chunks(const std::string& src, const Failure& fail) {
         while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.pop_back();
       }
     }
-    if (!text.empty()) chunks.push_back({Chunk::Text, 0, 0, std::move(text)});
+    if (!text.empty()) chunks.push_back({Chunk::Text, i, i, std::move(text)});
     const size_t content = open + 2 + ((minus_open || plus_open) ? 1 : 0);
     const char* close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
     size_t end = content;
@@ -762,12 +809,20 @@ class TemplateParser {
   // Parses nodes until a statement whose keyword is in `stops` (returned in `terminator`, with
   // its parser positioned after the keyword in `stop_parser_`).
   Body block(const std::vector<std::string>& stops, std::string& terminator) {
+    struct Nest {
+      int& n;
+      ~Nest() { --n; }
+    } nest{++nesting_};
+    if (nesting_ > kMaxNesting) {
+      const Chunk& opener = chunks_[at_ - 1];
+      fail_(opener.begin, "blocks nested deeper than " + std::to_string(kMaxNesting) + " levels");
+    }
     Body body;
     while (at_ < chunks_.size()) {
       const Chunk& c = chunks_[at_++];
       if (c.kind == Chunk::Text) {
         auto n = std::make_unique<Node>();
-        n->kind = Node::Text, n->text = c.text;
+        n->kind = Node::Text, n->text = c.text, n->pos = c.begin;
         body.push_back(std::move(n));
         continue;
       }
@@ -859,6 +914,7 @@ class TemplateParser {
   const Failure& fail_;
   std::vector<Chunk> chunks_;
   size_t at_ = 0;
+  int nesting_ = 0;
   std::unique_ptr<ExprParser> stop_parser_;
 };
 
@@ -904,10 +960,17 @@ class Renderer {
   }
 
  private:
+  void append(std::string& out, const std::string& text, size_t pos) {
+    if (out.size() + text.size() > kMaxStringBytes)
+      fail_(pos, "output longer than " + std::to_string(kMaxStringBytes) + " bytes");
+    out += text;
+  }
+
+ private:
   void render(const Node& n, std::string& out) {
     switch (n.kind) {
-      case Node::Text: out += n.text; return;
-      case Node::Output: out += to_output(eval(*n.exprs[0])); return;
+      case Node::Text: append(out, n.text, n.pos); return;
+      case Node::Output: append(out, to_output(eval(*n.exprs[0])), n.pos); return;
       case Node::If:
         for (size_t k = 0; k < n.exprs.size(); ++k) {
           if (truthy(eval(*n.exprs[k]))) { render(n.bodies[k], out); return; }
@@ -922,6 +985,9 @@ class Renderer {
         }
         Value target = lookup(n.names[0]);
         if (!target.is(Value::Kind::Dict)) fail_(n.pos, "cannot set attribute on " + std::string(kind_name(target)) + " '" + n.names[0] + "'");
+        // Namespaces are the only mutable values: one never holds another (so no cycles, and
+        // the nesting recorded in Value::depth stays within twice the limit).
+        if (v.holds_namespace) fail_(n.pos, "cannot store a namespace inside namespace '" + n.names[0] + "'");
         for (auto& [k, x] : *target.dict) {
           if (k == n.names[1]) { x = std::move(v); return; }
         }
@@ -943,6 +1009,8 @@ class Renderer {
         scopes_.emplace_back();
         const auto length = static_cast<int64_t>(items.size());
         for (int64_t k = 0; k < length; ++k) {
+          if (++iterations_ > kMaxIterations)
+            fail_(n.pos, "more than " + std::to_string(kMaxIterations) + " loop iterations");
           auto& scope = scopes_.back();
           scope.clear();
           const Value& item = items[static_cast<size_t>(k)];
@@ -1065,6 +1133,8 @@ class Renderer {
     if (op == "+") {
       if (a.is(Value::Kind::String) && b.is(Value::Kind::String)) return Value::str(a.s + b.s);
       if (a.is(Value::Kind::List) && b.is(Value::Kind::List)) {
+        if (static_cast<int64_t>(a.list->size() + b.list->size()) > kMaxItems)
+          fail_(pos, "list of more than " + std::to_string(kMaxItems) + " items");
         List l = *a.list;
         l.insert(l.end(), b.list->begin(), b.list->end());
         return Value::of_list(std::move(l));
@@ -1073,9 +1143,17 @@ class Renderer {
     if (a.numeric() && b.numeric()) {
       const bool ints = !a.is(Value::Kind::Float) && !b.is(Value::Kind::Float);
       const int64_t x = a.is(Value::Kind::Bool) ? a.b : a.i, y = b.is(Value::Kind::Bool) ? b.b : b.i;
-      if (op == "+") return ints ? Value::integer(x + y) : Value::real(a.as_double() + b.as_double());
-      if (op == "-") return ints ? Value::integer(x - y) : Value::real(a.as_double() - b.as_double());
-      if (op == "*") return ints ? Value::integer(x * y) : Value::real(a.as_double() * b.as_double());
+      if (ints && (op == "+" || op == "-" || op == "*")) {
+        int64_t r = 0;
+        const bool overflow = op == "+" ? __builtin_add_overflow(x, y, &r)
+                              : op == "-" ? __builtin_sub_overflow(x, y, &r)
+                                          : __builtin_mul_overflow(x, y, &r);
+        if (overflow) fail_(pos, "integer overflow in '" + op + "'");
+        return Value::integer(r);
+      }
+      if (op == "+") return Value::real(a.as_double() + b.as_double());
+      if (op == "-") return Value::real(a.as_double() - b.as_double());
+      if (op == "*") return Value::real(a.as_double() * b.as_double());
       if (op == "/") {
         if (b.as_double() == 0) fail_(pos, "division by zero");
         return Value::real(a.as_double() / b.as_double());
@@ -1083,6 +1161,7 @@ class Renderer {
       if (op == "//" || op == "%") {
         if (b.as_double() == 0) fail_(pos, "division by zero");
         if (ints) {
+          if (x == std::numeric_limits<int64_t>::min() && y == -1) fail_(pos, "integer overflow in '" + op + "'");
           int64_t q = x / y, r = x % y;
           if (r != 0 && ((r < 0) != (y < 0))) --q, r += y;  // Python floor semantics
           return Value::integer(op == "//" ? q : r);
@@ -1092,6 +1171,8 @@ class Renderer {
       }
     }
     if (op == "*" && a.is(Value::Kind::String) && b.is(Value::Kind::Int)) {
+      if (b.i > 0 && a.s.size() > 0 && static_cast<uint64_t>(b.i) > kMaxStringBytes / a.s.size())
+        fail_(pos, "string longer than " + std::to_string(kMaxStringBytes) + " bytes");
       std::string s;
       for (int64_t k = 0; k < b.i; ++k) s += a.s;
       return Value::str(s);
@@ -1166,6 +1247,7 @@ class Renderer {
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k && sep) out += to_output(*sep);
         out += to_output((*v.list)[k]);
+        if (out.size() > kMaxStringBytes) fail_(pos, "string longer than " + std::to_string(kMaxStringBytes) + " bytes");
       }
       return Value::str(out);
     }
@@ -1289,8 +1371,10 @@ class Renderer {
       if (from->empty()) fail_(pos, "'replace' with an empty pattern is unsupported");
       std::string out;
       size_t at = 0;
-      for (size_t f; (f = s.find(*from, at)) != std::string::npos; at = f + from->size())
+      for (size_t f; (f = s.find(*from, at)) != std::string::npos; at = f + from->size()) {
         out += s.substr(at, f - at) + *to;
+        if (out.size() > kMaxStringBytes) fail_(pos, "string longer than " + std::to_string(kMaxStringBytes) + " bytes");
+      }
       return Value::str(out + s.substr(at));
     }
     fail_(pos, "unsupported string method '" + name + "'");
@@ -1327,7 +1411,9 @@ class Renderer {
       if (callee.name == "namespace") {
         Dict d;
         for (const auto& [k, x] : e.kwargs) d.emplace_back(k, eval(*x));
-        return Value::of_dict(std::move(d));
+        Value ns = Value::of_dict(std::move(d));
+        ns.holds_namespace = true;
+        return ns;
       }
       if (callee.name == "raise_exception") {
         throw Error("chat template raised: " + (args.empty() ? std::string() : to_output(args[0])));
@@ -1339,8 +1425,15 @@ class Renderer {
         else if (args.size() >= 2) start = args[0].i, stop = args[1].i;
         if (args.size() == 3) step = args[2].i;
         if (args.empty() || args.size() > 3 || step == 0) fail_(e.pos, "bad range() arguments");
+        // Item count computed without overflow; refused above the limit before allocating.
+        const __int128 span = step > 0 ? static_cast<__int128>(stop) - start : static_cast<__int128>(start) - stop;
+        const __int128 mag = step > 0 ? static_cast<__int128>(step) : -static_cast<__int128>(step);
+        const __int128 count = span <= 0 ? 0 : (span + mag - 1) / mag;
+        if (count > kMaxItems)
+          fail_(e.pos, "range() of more than " + std::to_string(kMaxItems) + " items");
         List l;
-        for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) l.push_back(Value::integer(k));
+        l.reserve(static_cast<size_t>(count));
+        for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) l.push_back(Value::integer(start + k * step));
         return Value::of_list(std::move(l));
       }
       fail_(e.pos, "unsupported function '" + callee.name + "'");
@@ -1348,7 +1441,17 @@ class Renderer {
     fail_(e.pos, "unsupported call");
   }
 
+  // Every value an expression yields stays within the nesting and string-size limits.
   Value eval(const Expr& e) {
+    Value v = eval_unchecked(e);
+    if (v.depth > kMaxValueDepth)
+      fail_(e.pos, "value nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
+    if (v.is(Value::Kind::String) && v.s.size() > kMaxStringBytes)
+      fail_(e.pos, "string longer than " + std::to_string(kMaxStringBytes) + " bytes");
+    return v;
+  }
+
+  Value eval_unchecked(const Expr& e) {
     switch (e.kind) {
       case Expr::Literal: return e.literal;
       case Expr::Name: return lookup(e.name);
@@ -1372,7 +1475,10 @@ class Renderer {
       case Expr::Not: return Value::boolean(!truthy(eval(*e.args[0])));
       case Expr::Neg: {
         const Value v = eval(*e.args[0]);
-        if (v.is(Value::Kind::Int)) return Value::integer(-v.i);
+        if (v.is(Value::Kind::Int)) {
+          if (v.i == std::numeric_limits<int64_t>::min()) fail_(e.pos, "integer overflow in '-'");
+          return Value::integer(-v.i);
+        }
         if (v.is(Value::Kind::Float)) return Value::real(-v.f);
         fail_(e.pos, std::string("cannot negate ") + kind_name(v));
       }
@@ -1410,6 +1516,7 @@ class Renderer {
 
   const Failure& fail_;
   std::vector<std::unordered_map<std::string, Value>> scopes_;
+  int64_t iterations_ = 0;
 };
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "tokenizer/byte_level.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/regex.h"
+#include "tokenizer/tokenizer_json.h"
 #include "tokenizer/utf8.h"
 
 namespace parscale {
@@ -319,7 +320,7 @@ void parse_pre_tokenizer(const json& j, Tokenizer::Impl& t, bool& byte_level,
   }
 }
 
-void parse_model(const json& m, Tokenizer::Impl& t, const std::string& where) {
+void parse_model(const json& m, const tokenizer_json::Tables& tables, Tokenizer::Impl& t, const std::string& where) {
   check(m.is_object(), where + ": missing object 'model'");
   const std::string type = type_of(m);
   check(type == "BPE" || (type.empty() && m.contains("merges")),
@@ -335,17 +336,19 @@ void parse_model(const json& m, Tokenizer::Impl& t, const std::string& where) {
   }
   t.ignore_merges = bool_field(m, "ignore_merges", false, where);
 
-  auto vocab = m.find("vocab");
-  check(vocab != m.end() && vocab->is_object(), where + ": model.vocab must be an object {token: id}");
+  // vocab and merges come from the reader's tables (tokenizer_json.h); when they are not an object
+  // and an array they are still in the tree (and rejected here).
+  check(tables.vocab_seen, where + ": model.vocab must be an object {token: id}");
+  check(tables.vocab_error.empty(), where + ": " + tables.vocab_error);
   int32_t max_id = -1;
-  t.token_to_id.reserve(vocab->size() + 64);
-  for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-    check(it.value().is_number_integer() && it.value().get<int64_t>() >= 0 &&
-              it.value().get<int64_t>() < (int64_t{1} << 30),
-          where + ": model.vocab['" + it.key() + "'] must be a non-negative integer id");
-    const auto id = static_cast<int32_t>(it.value().get<int64_t>());
-    t.token_to_id.emplace(it.key(), id);
+  t.token_to_id.reserve(tables.vocab.size() + 64);
+  for (const auto& [span, id] : tables.vocab) {
+    t.token_to_id.insert_or_assign(std::string(tables.str(span)), id);  // a repeated token: the last id wins
     max_id = std::max(max_id, id);
+  }
+  if (t.token_to_id.size() != tables.vocab.size()) {  // (repeated tokens: max over the ids kept)
+    max_id = -1;
+    for (const auto& kv : t.token_to_id) max_id = std::max(max_id, kv.second);
   }
   t.id_to_token.assign(static_cast<size_t>(max_id + 1), std::string());
   t.id_kind.assign(static_cast<size_t>(max_id + 1), 0);
@@ -354,32 +357,23 @@ void parse_model(const json& m, Tokenizer::Impl& t, const std::string& where) {
     t.id_kind[static_cast<size_t>(id)] = 1;
   }
 
-  auto merges = m.find("merges");
-  check(merges != m.end() && merges->is_array(), where + ": model.merges must be an array");
-  t.merges.reserve(merges->size());
+  check(tables.merges_seen, where + ": model.merges must be an array");
+  check(tables.merges_error.empty(), where + ": " + tables.merges_error);
+  t.merges.reserve(tables.merges.size());
   int32_t rank = 0;
-  for (const json& entry : *merges) {
-    std::string left, right;
-    if (entry.is_string()) {
-      const std::string& line = entry.get_ref<const std::string&>();
-      const size_t space = line.find(' ');
-      check(space != std::string::npos && line.find(' ', space + 1) == std::string::npos,
-            where + ": model.merges[" + std::to_string(rank) + "] = \"" + line +
-                "\" is not two tokens separated by one space");
-      left = line.substr(0, space), right = line.substr(space + 1);
-    } else if (entry.is_array() && entry.size() == 2 && entry[0].is_string() && entry[1].is_string()) {
-      left = entry[0].get<std::string>(), right = entry[1].get<std::string>();
-    } else {
-      throw Error(where + ": model.merges[" + std::to_string(rank) +
-                  "] must be \"a b\" or [\"a\", \"b\"], found " + entry.dump());
-    }
-    auto find_id = [&](const std::string& token) {
+  std::string joined;
+  for (const auto& [ls, rs] : tables.merges) {
+    const std::string_view left = tables.str(ls), right = tables.str(rs);
+    auto find_id = [&](std::string_view token) {
       auto it = t.token_to_id.find(token);
-      check(it != t.token_to_id.end(), where + ": model.merges[" + std::to_string(rank) +
-                                           "] uses token '" + token + "' that is not in model.vocab");
+      if (it == t.token_to_id.end())  // (the message is built only on failure: 450k lookups per load)
+        throw Error(where + ": model.merges[" + std::to_string(rank) + "] uses token '" + std::string(token) +
+                    "' that is not in model.vocab");
       return it->second;
     };
-    const int32_t l = find_id(left), r = find_id(right), merged = find_id(left + right);
+    joined.assign(left);
+    joined.append(right);
+    const int32_t l = find_id(left), r = find_id(right), merged = find_id(joined);
     t.merges.insert(l, r, rank, merged);
     ++rank;
   }
@@ -453,16 +447,12 @@ Tokenizer Tokenizer::from_json_text(const std::string& tokenizer_json, const std
                                     const std::string& origin) {
   auto t = std::make_shared<Impl>();
   t->origin = origin;
-  json j;
-  try {
-    j = json::parse(tokenizer_json);
-  } catch (const json::parse_error& e) {
-    throw Error(origin + ": invalid JSON: " + e.what());
-  }
+  tokenizer_json::Tables tables;
+  const json j = tokenizer_json::parse(tokenizer_json, origin, tables);
   check(j.is_object(), origin + ": expected a JSON object at top level, found " +
                            std::string(j.type_name()));
   check(j.contains("model"), origin + ": missing field 'model'");
-  parse_model(j["model"], *t, origin);
+  parse_model(j["model"], tables, *t, origin);
   parse_normalizer(j.value("normalizer", json()), *t, origin);
   bool byte_level = false;
   check(j.contains("pre_tokenizer"), origin + ": missing field 'pre_tokenizer'");

@@ -1,6 +1,7 @@
 #include "train/dist.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -66,6 +67,19 @@ void ProcessGroup::allreduce_sum(double* data, int64_t n) const {
   (void)data;
   (void)n;
 #endif
+}
+
+void ProcessGroup::abort_job(const std::string& message) const {
+#ifdef PARSCALE_HAVE_MPI
+  if (size_ > 1) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "parscale: error on rank %d of %d: %s (aborting all ranks)\n", rank_, size_, message.c_str());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);  // MPI_Abort does not return; this keeps [[noreturn]] true if it ever did
+  }
+#endif
+  throw Error(message);
 }
 
 void ProcessGroup::barrier() const {

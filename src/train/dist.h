@@ -2,6 +2,7 @@
 // mpirun/mpiexec, ranks average gradients with MPI_Allreduce; otherwise a single process.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace parscale::train {
 
@@ -21,6 +22,10 @@ class ProcessGroup {
   void allreduce_sum(float* data, int64_t n) const;
   void allreduce_sum(double* data, int64_t n) const;
   void barrier() const;
+  // Ends the whole job after a failure on this rank: prints "parscale: error on rank r of n:
+  // <message>" to stderr, then MPI_Abort(MPI_COMM_WORLD, 1), so that no other rank stays blocked
+  // in a collective this rank will never join. For one process it only throws Error(message).
+  [[noreturn]] void abort_job(const std::string& message) const;
   // Whether MPI support was compiled in.
   static bool mpi_available();
 

@@ -36,6 +36,9 @@ class TrainModel {
  public:
   // `params` must outlive the model (weights are views into it; updates are seen directly).
   explicit TrainModel(const ParameterSet& params);
+  // A temporary would dangle as soon as the constructor returns: refused at compile time.
+  explicit TrainModel(ParameterSet&&) = delete;
+  explicit TrainModel(const ParameterSet&&) = delete;
 
   // ids [B, L] row-major. Returns the summed cross-entropy of the B·(L−1) predictions. When
   // grads != nullptr, adds loss_scale · ∂loss/∂θ into every trained (non-empty) entry.

@@ -184,7 +184,23 @@ void flush_denormals_to_zero() {
 #endif
 }
 
+namespace {
+TrainResult train_on_this_rank(ParameterSet& params, Dataset& data, const TrainerOptions& o, const ProcessGroup& group);
+}  // namespace
+
 TrainResult train(ParameterSet& params, Dataset& data, const TrainerOptions& o, const ProcessGroup& group) {
+  // A failure on one rank (e.g. rank 0's checkpoint write) must end every rank: the others would
+  // wait forever in the next all-reduce.
+  if (group.size() == 1) return train_on_this_rank(params, data, o, group);
+  try {
+    return train_on_this_rank(params, data, o, group);
+  } catch (const std::exception& e) {
+    group.abort_job(e.what());
+  }
+}
+
+namespace {
+TrainResult train_on_this_rank(ParameterSet& params, Dataset& data, const TrainerOptions& o, const ProcessGroup& group) {
   flush_denormals_to_zero();
   const int W = group.size();
   const int64_t L = o.seq_len;
@@ -281,5 +297,7 @@ TrainResult train(ParameterSet& params, Dataset& data, const TrainerOptions& o, 
   group.barrier();
   return result;
 }
+
+}  // namespace
 
 }  // namespace parscale::train

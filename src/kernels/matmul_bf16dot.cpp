@@ -1,0 +1,245 @@
+// The fast compute mode's matmul for BF16 weights: activations rounded to bf16 (round to nearest
+// even) and AVX512-BF16 dot products (vdpbf16ps: two bf16 products summed into each fp32 lane),
+// weights used as stored (no conversion). Used for every M (decode and prefill), so the fast mode
+// is batch invariant too: each output is one chain per lane over the whole K (lane l sums the
+// pairs k = 2l, 2l + 1 + 32i), one horizontal sum, then y += it.
+//
+// Reference: matmul_bf16_ref (bf16-rounded x, exact products, double accumulation).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/dispatch.h"
+
+namespace parscale::kernels {
+
+void matmul_bf16_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  check(W.dtype == DType::BF16, "matmul_bf16_ref: weights must be BF16");
+  const int64_t N = W.rows, K = W.cols;
+  const uint16_t* w = static_cast<const uint16_t*>(W.data);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = bias ? bias[n] : 0.0;
+      for (int64_t k = 0; k < K; ++k)
+        acc += static_cast<double>(bf16_to_f32(f32_to_bf16(x[m * K + k]))) * bf16_to_f32(w[n * K + k]);
+      y[m * N + n] = static_cast<float>(acc);
+    }
+}
+
+}  // namespace parscale::kernels
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace parscale::kernels::detail {
+namespace {
+
+constexpr int64_t kLanes = 16;  // fp32 lanes; 32 bf16 values per vector
+constexpr int64_t kStep = 32;
+constexpr int MR = 4;             // x rows per microkernel
+constexpr int NR = 4;             // weight rows per microkernel (16 accumulators)
+constexpr int64_t NB = 4 * NR;    // weight rows per task
+constexpr int64_t MB = 96;        // x rows per block (MB x KC bf16 = 192 KB: L2)
+constexpr int64_t KC = 1024;      // K per chunk (NB rows x KC bf16 = 32 KB: L1)
+
+inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
+
+// xb[m, 0 .. Kp) = bf16(x[m, 0 .. K)), zero padded to Kp (a multiple of 32).
+void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb) {
+#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 20))
+  for (int64_t m = 0; m < M; ++m) {
+    const float* s = x + m * K;
+    uint16_t* d = xb + m * Kp;
+    int64_t k = 0;
+    for (; k + kStep <= K; k += kStep) {
+      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + k + 16), _mm512_loadu_ps(s + k));
+      _mm512_storeu_si512(d + k, (__m512i)v);
+    }
+    if (k < Kp) {
+      const int64_t r = K - k;  // 0 < r < 32, or r == 0 only when K == Kp (then k == Kp)
+      const __mmask16 lo = static_cast<__mmask16>(r >= 16 ? 0xffff : (1u << r) - 1);
+      const __mmask16 hi = static_cast<__mmask16>(r <= 16 ? 0 : (1u << (r - 16)) - 1);
+      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, s + k + 16), _mm512_maskz_loadu_ps(lo, s + k));
+      _mm512_storeu_si512(d + k, (__m512i)v);
+    }
+  }
+}
+
+// Partial sums of MRr x rows by NR weight rows over k in [k0, k0 + kc) (kc a multiple of 32 except
+// at the padded end). acc carries over chunks in accbuf[m * lda + j * 16]; on the last chunk
+// y[m * ldy + j] += hsum for j < nr. w[j] points at weight row j (rows past nr repeat a valid row).
+// pf: prefetch distance in bf16 elements (0: none); decode streams the weights from DRAM once, so
+// each row's line pf elements ahead (the same columns NR rows further down) is requested early.
+template <int MRr>
+void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0, int64_t kend, int64_t K,
+           float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
+  __m512 acc[MRr][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MRr; ++m)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) acc[m][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(accbuf + m * lda + j * kLanes);
+  const int64_t kfull = std::min(kend, K / kStep * kStep);
+  int64_t k = k0;
+  for (; k < kfull; k += kStep) {
+    __m512bh xv[MRr];
+#pragma GCC unroll 8
+    for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(w[j] + k + pf), _MM_HINT_T0);
+      const __m512bh wv = as_bh(_mm512_loadu_si512(w[j] + k));
+#pragma GCC unroll 8
+      for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
+    }
+  }
+  if (k < kend) {  // the ragged end of K: weights loaded under a mask (x is zero padded)
+    const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1);
+    __m512bh xv[MRr];
+#pragma GCC unroll 8
+    for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const __m512bh wv = as_bh(_mm512_maskz_loadu_epi16(mask, w[j] + k));
+#pragma GCC unroll 8
+      for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
+    }
+  }
+  if (!last) {
+#pragma GCC unroll 8
+    for (int m = 0; m < MRr; ++m)
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) _mm512_store_ps(accbuf + m * lda + j * kLanes, acc[m][j]);
+    return;
+  }
+  for (int m = 0; m < MRr; ++m)
+    for (int j = 0; j < nr; ++j) y[m * ldy + j] += _mm512_reduce_add_ps(acc[m][j]);
+}
+
+void micro_rows(int mr, const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0, int64_t kend, int64_t K,
+                float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
+  switch (mr) {
+    case 1: micro<1>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 2: micro<2>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 3: micro<3>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 4: micro<4>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    default: break;
+  }
+}
+
+// y[M, N] += xb[M, Kp] · W[N, K]^T (xb: bf16 rows zero padded to Kp). Threads take tiles of NB
+// weight rows; the tile's K chunk stays in L1 while every block of MB x rows passes over it.
+// Decode (M <= kDecodeRows): the whole K in one chunk, weights prefetched NR rows ahead. (The
+// chunking changes no arithmetic: the partial sums carry over, so results are the same.)
+constexpr int64_t kDecodeRows = 32;
+void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
+  const int64_t N = Wt.rows, K = Wt.cols;
+  const bool decode = M <= kDecodeRows;
+  const int64_t kchunk = decode ? Kp : KC, pf = decode ? NR * K : 0;
+  const uint16_t* wdata = static_cast<const uint16_t*>(Wt.data);
+  const int64_t n_tiles = (N + NB - 1) / NB;
+  constexpr int64_t lda = NB * kLanes;
+#pragma omp parallel
+  {
+    alignas(64) float accbuf[MB * NB * kLanes];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
+      for (int64_t m0 = 0; m0 < M; m0 += MB) {
+        const int64_t mb = std::min(MB, M - m0);
+        for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
+          const int64_t kend = std::min(Kp, k0 + kchunk);
+          const bool first = k0 == 0, last = kend >= Kp;
+          for (int64_t j = 0; j < nr; j += NR) {
+            const int64_t nrj = std::min<int64_t>(NR, nr - j);
+            const uint16_t* w[NR];
+            for (int jj = 0; jj < NR; ++jj) w[jj] = wdata + (n0 + j + std::min<int64_t>(jj, nrj - 1)) * K;
+            for (int64_t m = m0; m < m0 + mb; m += MR) {
+              const int mr = static_cast<int>(std::min<int64_t>(MR, m0 + mb - m));
+              micro_rows(mr, xb + m * Kp, Kp, w, k0, kend, K, accbuf + (m - m0) * lda + j * kLanes, lda, first, last,
+                         y + m * N + n0 + j, N, nrj, pf);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The calling thread's bf16 copy of x (grows to the largest M·Kp seen; never shrinks).
+uint16_t* x_scratch(size_t n) {
+  static thread_local std::vector<uint16_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+int64_t padded_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
+
+void init_output(int64_t M, int64_t N, const float* bias, float* y) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) y[m * N + n] = bias ? bias[n] : 0.0f;
+}
+
+}  // namespace
+
+bool bf16dot_compiled() { return true; }
+
+void matmul_bf16dot(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate) {
+  if (W.rows == 0 || M == 0) return;
+  if (!accumulate) init_output(M, W.rows, bias, y);
+  const int64_t Kp = padded_k(W.cols);
+  uint16_t* xb = x_scratch(static_cast<size_t>(M * Kp));
+  to_bf16_rows(x, M, W.cols, Kp, xb);
+  run(xb, M, Kp, W, y);
+}
+
+void matmul_multi_bf16dot(const float* x, int64_t M, const MatmulOut* outs, int count) {
+  if (M == 0 || count == 0) return;
+  const int64_t K = outs[0].W->cols, Kp = padded_k(K);
+  uint16_t* xb = x_scratch(static_cast<size_t>(M * Kp));
+  to_bf16_rows(x, M, K, Kp, xb);
+  for (int i = 0; i < count; ++i) {
+    init_output(M, outs[i].W->rows, outs[i].bias, outs[i].y);
+    run(xb, M, Kp, *outs[i].W, outs[i].y);
+  }
+}
+
+void gate_up_swiglu_bf16dot(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
+                            float* out) {
+  if (M == 0) return;
+  const int64_t K = Wg.cols, Kp = padded_k(K);
+  uint16_t* xb = x_scratch(static_cast<size_t>(M * Kp));
+  to_bf16_rows(x, M, K, Kp, xb);
+  init_output(M, Wg.rows, nullptr, gate);
+  init_output(M, Wu.rows, nullptr, up);
+  run(xb, M, Kp, Wg, gate);
+  run(xb, M, Kp, Wu, up);
+  swiglu(gate, up, out, M * Wg.rows);
+}
+
+}  // namespace parscale::kernels::detail
+
+#pragma GCC pop_options
+
+#else
+namespace parscale::kernels::detail {
+bool bf16dot_compiled() { return false; }
+void matmul_bf16dot(const float*, int64_t, const WeightView&, const float*, float*, bool) {
+  throw Error("bf16 dot-product kernels are not built on this platform");
+}
+void matmul_multi_bf16dot(const float*, int64_t, const MatmulOut*, int) {
+  throw Error("bf16 dot-product kernels are not built on this platform");
+}
+void gate_up_swiglu_bf16dot(const float*, int64_t, const WeightView&, const WeightView&, float*, float*, float*) {
+  throw Error("bf16 dot-product kernels are not built on this platform");
+}
+}  // namespace parscale::kernels::detail
+#endif
