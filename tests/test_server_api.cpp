@@ -157,6 +157,8 @@ TEST(ServerApi, CompletionErrors) {
   bad("{", 400, "", "invalid JSON");
   bad("", 400, "", "invalid JSON");
   bad("[1,2]", 400, "", "JSON object");
+  bad(std::string(100000, '['), 400, "", "deeper than 64");
+  bad("{\"prompt\":" + std::string(65, '[') + std::string(65, ']') + "}", 400, "", "deeper than 64");
   bad("{\"prompt\":\"\xff\xfe\"}", 400, "", "invalid JSON");  // invalid UTF-8
   bad(R"({"model":"demo"})", 400, "prompt", "required");
   bad(R"({"prompt":5})", 400, "prompt");

@@ -117,10 +117,17 @@ void check_range(const char* name, double v, double lo, double hi, bool lo_open 
   }
 }
 
+constexpr int kMaxJsonDepth = 64;  // no request needs more; deep nesting only costs memory
+
 json parse_body(std::string_view body) {
   json j;
   try {
-    j = json::parse(body.begin(), body.end());
+    j = json::parse(body.begin(), body.end(), [](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxJsonDepth)
+        throw ApiError(400, "invalid_request_error", "the JSON body nests deeper than " + std::to_string(kMaxJsonDepth) + " levels", "",
+                       "invalid_json");
+      return true;
+    });
   } catch (const json::exception& e) {
     throw ApiError(400, "invalid_request_error", std::string("invalid JSON body: ") + e.what(), "", "invalid_json");
   }

@@ -6,6 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import net from "node:net";
+import fs from "node:fs";
 import { startServer, generateGreedy, rawRequest, post, parseMetrics, sum, eventually } from "./helpers.mjs";
 
 const KEY = "test-key-123";
@@ -263,7 +264,7 @@ test("cancels and disconnects free the requests; the server stays healthy", asyn
   assert.equal(h.status, 200);
 });
 
-test(`${MALFORMED} malformed requests get only 4xx; the server stays alive`, async () => {
+test(`2 x ${MALFORMED} malformed requests get only 4xx; RSS stays flat; the server stays alive`, async () => {
   const auth = { Authorization: "Bearer " + KEY };
   const bodies = [
     "{", "", "null", "[]", "\"x\"", "{\"prompt\":}", "{\"prompt\": \"\xff\xfe\"}", Buffer.from([0x7b, 0x22, 0x70, 0x22, 0x3a, 0x22, 0xc3, 0x28, 0x22, 0x7d]),
@@ -276,6 +277,8 @@ test(`${MALFORMED} malformed requests get only 4xx; the server stays alive`, asy
   const chatBodies = [{ messages: [] }, { messages: [{ role: 1, content: "x" }] }, { messages: [{ role: "user", content: { a: 1 } }] },
     { messages: [{ role: "user", content: "x" }], max_completion_tokens: -3 }, { messages: [{}] }, "{\"messages\":[", { messages: [{ role: "user", content: [{ type: "image" }] }] }];
   const deep = "[".repeat(100000);
+  const rss = () => Number(fs.readFileSync(`/proc/${srv.proc.pid}/status`, "utf8").match(/VmRSS:\s+(\d+)/)[1]) / 1024;  // MiB
+  const rssBefore = rss();
   const statuses = new Map();
   const bad = [];
   let i = 0;
@@ -319,7 +322,17 @@ test(`${MALFORMED} malformed requests get only 4xx; the server stays alive`, asy
   }
   await Promise.all(workers);
   const slowStatus = await Promise.all(slow);
+  // RSS stable: a second identical batch must not grow it (the first one warms the allocator's
+  // per-thread arenas and the HTTP pool).
+  const rssAfter = rss();
+  i = 0;
+  const again = [];
+  for (let w = 0; w < 16; ++w) again.push((async () => { while (i < MALFORMED) await one(); })());
+  await Promise.all(again);
+  const rssAgain = rss();
+  console.log(`# RSS ${rssBefore.toFixed(1)} MiB at start, ${rssAfter.toFixed(1)} after ${MALFORMED} malformed requests, ${rssAgain.toFixed(1)} after ${MALFORMED} more`);
   assert.deepEqual(bad, [], `statuses ${JSON.stringify([...statuses])}`);
+  assert.ok(rssAgain < rssAfter + 32, `RSS grew from ${rssAfter.toFixed(1)} to ${rssAgain.toFixed(1)} MiB`);
   for (const s of slowStatus) assert.equal(s, 200);
   const h = await fetch(srv.base + "/health");
   assert.equal(h.status, 200);
