@@ -261,3 +261,25 @@ TEST(BatchForward, HalfPrecisionKvOnGoldenFixtures) {
     EXPECT_LT(worst, dt == DType::BF16 ? 0.1 : 0.01);  // measured 0.061 (BF16), 0.0067 (F16)
   }
 }
+
+TEST(BenchMix, ParsesAndRunsOnATinyShape) {
+  const auto mix = bench::parse_mix("1x3,4x2,8x1");
+  ASSERT_EQ(mix.size(), 3u);
+  EXPECT_EQ(mix[1].streams, 4);
+  EXPECT_EQ(mix[1].count, 2);
+  for (const char* bad : {"", "1x", "x2", "1x2,", "0x1", "2x0", "1y2", "1x2x3"}) EXPECT_THROW(bench::parse_mix(bad), Error) << bad;
+  ModelConfig c = bench::named_shape("tiny");
+  const ModelWeights w = bench::random_backbone(c, DType::BF16, 3);
+  bench::MixOptions o;
+  o.prompt_len = 70;
+  o.decode_steps = 3;
+  const auto r = bench::run_mix(w, mix, o);
+  EXPECT_EQ(r.sequences, 6);
+  EXPECT_EQ(r.stream_rows, 3 + 8 + 8);
+  EXPECT_EQ(r.mixed_ms.size(), 3u);
+  EXPECT_EQ(r.single_ms.size(), 3u);
+  // 73 tokens per stream row in pages of 64: two pages each.
+  EXPECT_EQ(r.kv_pages, 19 * 2);
+  EXPECT_EQ(r.kv_real_token_bytes, 19 * 73 * KvPool::page_bytes(c, DType::BF16, 1));
+  EXPECT_EQ(r.kv_prefix_bytes_per_sequence, 0);
+}

@@ -41,6 +41,8 @@ struct Opts {
   int threads = 0;
   bool json = false;
   uint64_t seed = 1234;
+  std::string mix, kv_dtype = "bf16";
+  bool kv_accounting_only = false;
 };
 
 std::vector<int64_t> parse_list(const std::string& text, const std::string& option) {
@@ -81,6 +83,11 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}));
   app.add_option("--seed", o->seed, "seed of the random weights and prompts");
   app.add_flag("--json", o->json, "print one JSON object instead of the table");
+  app.add_option("--mix", o->mix,
+                 "mixed-P decode: PxCOUNT entries (e.g. 1x8,4x2,8x1) run as one step on one backbone, timed against "
+                 "one P = 1 sequence alone");
+  app.add_option("--kv-dtype", o->kv_dtype, "--mix: KV cache dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_flag("--kv-accounting-only", o->kv_accounting_only, "--mix: print the KV page accounting without running");
   return [o]() -> int {
     if (o->model_dir.empty() == o->shape.empty()) throw Error("bench: give exactly one of --model DIR or --shape NAME");
     const int threads = set_num_threads(o->threads);
@@ -114,6 +121,39 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       source = "random " + o->shape + " " + o->dtype;
     }
     if (!o->json) std::printf("weights: %s, ready in %.1f s\n", source.c_str(), bench::now_seconds() - t_load);
+
+    if (!o->mix.empty()) {
+      if (!o->model_dir.empty() && backbone.adapter) throw Error("bench --mix: give a P = 1 model (adapters are made per P)");
+      ModelWeights base = backbone;
+      base.adapter = nullptr;
+      base.config.parscale_n = 1;
+      bench::MixOptions mo;
+      mo.prompt_len = o->prompt_len;
+      mo.decode_steps = o->decode_steps;
+      mo.kv_dtype = o->kv_dtype == "f32" ? DType::F32 : o->kv_dtype == "f16" ? DType::F16 : DType::BF16;
+      mo.seed = o->seed;
+      mo.accounting_only = o->kv_accounting_only;
+      const auto entries = bench::parse_mix(o->mix);
+      const bench::MixResult r = bench::run_mix(base, entries, mo);
+      std::printf("mix %s: %lld sequences, %lld stream rows per step\n", o->mix.c_str(), static_cast<long long>(r.sequences),
+                  static_cast<long long>(r.stream_rows));
+      std::printf("KV (%s, pages of 64): %lld pages = %.1f MiB for %lld tokens per stream row; real tokens need %.1f MiB "
+                  "(page rounding %+.2f%%); prefix bytes per sequence %lld\n",
+                  o->kv_dtype.c_str(), static_cast<long long>(r.kv_pages), static_cast<double>(r.kv_bytes) / (1 << 20),
+                  static_cast<long long>(o->prompt_len + (o->kv_accounting_only ? 0 : o->decode_steps)),
+                  static_cast<double>(r.kv_real_token_bytes) / (1 << 20),
+                  100.0 * (static_cast<double>(r.kv_bytes) / static_cast<double>(r.kv_real_token_bytes) - 1.0),
+                  static_cast<long long>(r.kv_prefix_bytes_per_sequence));
+      if (o->kv_accounting_only) return 0;
+      auto med = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      const double m = med(r.mixed_ms), s1 = med(r.single_ms);
+      std::printf("decode step, median of %lld (alternating): mix %.2f ms, one P = 1 sequence %.2f ms, ratio %.3f\n",
+                  static_cast<long long>(o->decode_steps), m, s1, m / s1);
+      return 0;
+    }
 
     std::vector<Row> rows;
     for (int64_t P : streams) {

@@ -9,6 +9,8 @@
 #include <memory>
 
 #include "core/error.h"
+#include "engine/batch_forward.h"
+#include "engine/sampling.h"
 #include "engine/session.h"
 #include "kernels/kernels.h"
 
@@ -248,6 +250,142 @@ RunResult run(const ModelWeights& w, const RunOptions& o) {
     res.kv_bytes = session.kv_bytes();
   }
   return res;
+}
+
+}  // namespace parscale::bench
+
+namespace parscale::bench {
+
+std::vector<MixEntry> parse_mix(const std::string& text) {
+  std::vector<MixEntry> out;
+  size_t i = 0;
+  while (i <= text.size()) {
+    const size_t comma = std::min(text.find(',', i), text.size());
+    const std::string item = text.substr(i, comma - i);
+    const size_t x = item.find('x');
+    MixEntry e;
+    try {
+      if (x == std::string::npos) throw std::invalid_argument("no x");
+      size_t used = 0;
+      e.streams = std::stoll(item.substr(0, x), &used);
+      if (used != x) throw std::invalid_argument("P");
+      const std::string n = item.substr(x + 1);
+      e.count = std::stoll(n, &used);
+      if (used != n.size()) throw std::invalid_argument("count");
+    } catch (const std::exception&) {
+      throw Error("--mix: entry \"" + item + "\" is not PxCOUNT (e.g. 1x8,4x2,8x1)");
+    }
+    if (e.streams < 1 || e.streams > 64 || e.count < 1 || e.count > 4096)
+      throw Error("--mix: entry \"" + item + "\" out of range (P 1..64, count 1..4096)");
+    out.push_back(e);
+    i = comma + 1;
+  }
+  return out;
+}
+
+MixResult run_mix(const ModelWeights& backbone, const std::vector<MixEntry>& mix, const MixOptions& o) {
+  const ModelConfig& c = backbone.config;
+  const int64_t PT = o.page_tokens, V = c.vocab_size;
+  // One adapter per distinct P (shared by its sequences), all on the same backbone.
+  std::vector<ModelWeights> models;
+  struct Seq {
+    const Adapter* adapter;
+    std::vector<std::vector<int32_t>> tables;
+    std::vector<const std::vector<int32_t>*> ptrs;
+    int64_t length = 0;
+    std::vector<int32_t> chunk;
+  };
+  std::vector<Seq> seqs;
+  for (const MixEntry& e : mix) {
+    const Adapter* a = nullptr;
+    if (e.streams > 1) {
+      bool found = false;
+      for (const auto& m : models)
+        if (m.adapter && m.adapter->streams == e.streams) a = m.adapter.get(), found = true;
+      if (!found) {
+        models.push_back(with_streams(backbone, e.streams, o.seed));
+        a = models.back().adapter.get();
+      }
+    }
+    for (int64_t k = 0; k < e.count; ++k) seqs.push_back(Seq{a, std::vector<std::vector<int32_t>>(static_cast<size_t>(e.streams)), {}, 0, {}});
+  }
+  for (auto& s : seqs)
+    for (auto& t : s.tables) s.ptrs.push_back(&t);
+  MixResult r;
+  // Tokens each stream row holds at the end: the prompt, then one per decode step.
+  const int64_t total = o.prompt_len + (o.accounting_only ? 0 : o.decode_steps);
+  const int64_t pages_per_row = (total + PT - 1) / PT;
+  int64_t rows = 0;
+  for (const auto& s : seqs) rows += static_cast<int64_t>(s.tables.size());
+  r.sequences = static_cast<int64_t>(seqs.size());
+  r.stream_rows = rows;
+  const int64_t single_pages = pages_per_row;
+  KvPool pool(c, o.kv_dtype, PT, rows * pages_per_row + single_pages);
+  for (auto& s : seqs)
+    for (auto& t : s.tables)
+      for (int64_t p = 0; p < pages_per_row; ++p) t.push_back(pool.allocate());
+  r.kv_pages = rows * pages_per_row;
+  r.kv_bytes = r.kv_pages * KvPool::page_bytes(c, o.kv_dtype, PT);
+  r.kv_real_token_bytes = rows * total * KvPool::page_bytes(c, o.kv_dtype, 1);
+  if (o.accounting_only) return r;
+
+  BatchForward fwd(backbone.bb(), pool);
+  BatchOutputs out;
+  std::vector<SequenceChunk> batch;
+  auto chunk_of = [](Seq& s) {
+    SequenceChunk sc;
+    sc.adapter = s.adapter;
+    sc.block_tables = s.ptrs.data();
+    sc.length = s.length;
+    sc.tokens = s.chunk.data();
+    sc.n_new = static_cast<int64_t>(s.chunk.size());
+    sc.outputs = SequenceChunk::Outputs::Last;
+    return sc;
+  };
+  auto prompt = [&](int64_t k) {
+    std::vector<int32_t> p;
+    for (int64_t t = 0; t < o.prompt_len; ++t)
+      p.push_back(static_cast<int32_t>((0.5f + 0.5f * uniform_pm1(o.seed + 17, static_cast<uint64_t>(k * o.prompt_len + t))) *
+                                       static_cast<float>(V - 1)));
+    return p;
+  };
+  // Prefill each sequence alone (not timed).
+  for (size_t k = 0; k < seqs.size(); ++k) {
+    seqs[k].chunk = prompt(static_cast<int64_t>(k));
+    const SequenceChunk sc = chunk_of(seqs[k]);
+    fwd.run({&sc, 1}, out);
+    seqs[k].length += static_cast<int64_t>(seqs[k].chunk.size());
+    seqs[k].chunk = {argmax(out.logits.data(), V)};
+  }
+  Seq single{nullptr, {std::vector<int32_t>()}, {}, 0, {}};
+  single.ptrs.push_back(&single.tables[0]);
+  for (int64_t p = 0; p < single_pages; ++p) single.tables[0].push_back(pool.allocate());
+  single.chunk = prompt(99991);
+  {
+    const SequenceChunk sc = chunk_of(single);
+    fwd.run({&sc, 1}, out);
+    single.length += static_cast<int64_t>(single.chunk.size());
+    single.chunk = {argmax(out.logits.data(), V)};
+  }
+  // Alternate: one step of the whole mix, one step of the single P = 1 sequence.
+  for (int64_t step = 0; step < o.decode_steps; ++step) {
+    batch.clear();
+    for (auto& s : seqs) batch.push_back(chunk_of(s));
+    double t0 = now_seconds();
+    fwd.run(batch, out);
+    r.mixed_ms.push_back((now_seconds() - t0) * 1e3);
+    for (size_t k = 0; k < seqs.size(); ++k) {
+      seqs[k].length += 1;
+      seqs[k].chunk = {argmax(out.logits.data() + static_cast<int64_t>(k) * V, V)};
+    }
+    const SequenceChunk sc = chunk_of(single);
+    t0 = now_seconds();
+    fwd.run({&sc, 1}, out);
+    r.single_ms.push_back((now_seconds() - t0) * 1e3);
+    single.length += 1;
+    single.chunk = {argmax(out.logits.data(), V)};
+  }
+  return r;
 }
 
 }  // namespace parscale::bench

@@ -55,3 +55,35 @@ struct RunResult {
 RunResult run(const ModelWeights& w, const RunOptions& options);
 
 }  // namespace parscale::bench
+
+namespace parscale::bench {
+
+// A mixed-P step: `count` sequences with P streams for each entry (e.g. {{1, 8}, {4, 2}, {8, 1}}).
+struct MixEntry {
+  int64_t streams = 1, count = 1;
+};
+// "1x8,4x2,8x1" -> entries; throws parscale::Error naming the option on bad input.
+std::vector<MixEntry> parse_mix(const std::string& text);
+
+struct MixOptions {
+  int64_t prompt_len = 128;
+  int64_t decode_steps = 8;   // timed steps of each kind
+  int64_t page_tokens = 64;
+  DType kv_dtype = DType::BF16;
+  uint64_t seed = 1234;
+  bool accounting_only = false;  // KV page accounting without running the model
+};
+
+struct MixResult {
+  int64_t sequences = 0, stream_rows = 0;     // per decode step
+  int64_t kv_pages = 0, kv_bytes = 0;         // pages held by the mix at the end
+  int64_t kv_real_token_bytes = 0;            // what the real tokens alone need (no rounding)
+  int64_t kv_prefix_bytes_per_sequence = 0;   // always 0: prefixes are read in place
+  std::vector<double> mixed_ms, single_ms;    // decode steps: the whole mix, one P = 1 sequence
+};
+
+// Runs the mix on one backbone (one random adapter per distinct P > 1): prefill every sequence,
+// then alternates timed decode steps of the whole mix and of one P = 1 sequence alone.
+MixResult run_mix(const ModelWeights& backbone, const std::vector<MixEntry>& mix, const MixOptions& options);
+
+}  // namespace parscale::bench

@@ -1,4 +1,5 @@
-// Compute kernels: free functions on raw views, fp32 activations, allocate nothing.
+// Compute kernels: free functions on raw views, fp32 activations, allocate nothing (except the
+// fast compute mode's bf16 copy of x: one buffer per calling thread that grows to the largest call).
 // Threading is internal (OpenMP). Each kernel has a plain scalar reference (`*_ref`) that the
 // tests compare it with; training adds each backward beside its forward (kernels/backward.h).
 #pragma once
