@@ -151,7 +151,8 @@ TEST_P(ConvertedFixture, LoadTimeConversionEqualsTheConvertedFolder) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ConvertedFixture,
                          ::testing::Values("ps2_t4_f16_tied_h64", "qwen2_untied_bf16_gqa3", "ps3_t5_f16_untied_gqa3",
-                                           "ps4_t7_f32_tied_sharded"),
+                                           "ps4_t7_f32_tied_sharded", "qwen3_untied_f16_bias_d16",
+                                           "qwen3ps2_t3_bf16_tied_d16"),
                          [](const auto& info) { return info.param; });
 
 TEST(DecodeLoop, AllocatesNothingAfterTheFirstStep) {

@@ -357,8 +357,8 @@ TEST(TrainCli, Qwen3PrefixReparamResumesAndFoldsIntoThePrefixes) {
   EXPECT_NE(ckpt->find("adam_v/reparam.layers.1.mlp.2.weight"), nullptr);
   EXPECT_EQ(ckpt->find("param/model.layers.0.self_attn.prefix_k"), nullptr);  // set by the MLP, not trained directly
   EXPECT_EQ(ckpt->metadata().at("prefix_reparam"), "4");
-  // Resuming without the option is refused (the run identity differs).
-  EXPECT_NE(run("(" + train_cmd(backbone, data, d / "split", " --streams 2 --prefix-tokens 3 --seed 3 --resume") + " 2>" +
+  // Resuming with another dimension (0: direct prefix training) is refused (the run identity differs).
+  EXPECT_NE(run("(" + train_cmd(backbone, data, d / "split", " --streams 2 --prefix-tokens 3 --prefix-reparam 0 --seed 3 --resume") + " 2>" +
                 (d / "err.txt") + ")"), 0);
   EXPECT_NE(slurp(d / "err.txt").find("prefix_reparam = 4, this run has 0"), std::string::npos) << slurp(d / "err.txt");
   // The adapter's prefixes moved away from the initial ones (init's, same seed).

@@ -24,10 +24,17 @@
 
 namespace {
 
+// The prefix reparameterization's default dimension for frozen-backbone training: better held-out
+// loss than direct prefix training on the demo model at the same budget (docs/TRAINING.md).
+constexpr int64_t kDefaultPrefixReparam = 64;
+
 struct Opts {
   std::string model, tokenizer, train = "auto", save_dtype = "f32";
   std::vector<std::string> adapters, data, text;
   int64_t streams = 0, prefix_tokens = 48;
+  // --prefix-reparam: < 0 = the default (kDefaultPrefixReparam for frozen-backbone ParScale
+  // training, else 0), 0 = train the prefixes directly.
+  int64_t prefix_reparam = -1;
   double smooth = 0.01;
   double eval_fraction = 0.02;
   int threads = 0;
@@ -85,11 +92,11 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
   app.add_option("--eval-every", t.eval_every, "steps between evaluations (0: at the end only)")->capture_default_str();
   app.add_option("--eval-sequences", t.eval_sequences, "held-out sequences per evaluation")->capture_default_str();
   app.add_option("--checkpoint-every", t.checkpoint_every, "steps between checkpoints (0: at the end only)")->capture_default_str();
-  app.add_option("--prefix-reparam", t.prefix_reparam_dim,
-                 "train the prefixes through an embedding of this dimension and a per-layer MLP (0: train them directly); "
-                 "folded into plain prefixes when saved")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  app.add_option("--prefix-reparam", o->prefix_reparam,
+                 "train the prefixes through an embedding of this dimension and a per-layer MLP, folded into plain "
+                 "prefixes when saved; 0 trains them directly (default: " + std::to_string(kDefaultPrefixReparam) +
+                     " with --train parscale, else 0)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", t.resume, "continue from --out/checkpoint.safetensors");
   app.add_option("--save-dtype", o->save_dtype, "dtype of saved model files with --train all: f32 or bf16")
       ->check(CLI::IsMember({"f32", "bf16"}));
@@ -116,6 +123,9 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
       t.mode = o->train == "all" ? TrainMode::All
                : o->train == "parscale" ? TrainMode::ParScale
                : params.config.parscale_n > 1 ? TrainMode::ParScale : TrainMode::All;
+      t.prefix_reparam_dim = o->prefix_reparam >= 0 ? o->prefix_reparam
+                             : t.mode == TrainMode::ParScale && params.config.parscale_n > 1 ? kDefaultPrefixReparam
+                                                                                             : 0;
       std::vector<int32_t> tokens;
       if (o->bench) {
         const int64_t n = (t.steps * t.batch + 4) * (t.seq_len - 1) + 1;
@@ -143,8 +153,9 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
       }
       Dataset data(std::move(tokens), t.seq_len, o->bench ? 0.0 : o->eval_fraction, t.seed);
       if (group.root() && t.progress)
-        std::fprintf(stderr, "train: P = %ld, mode %s, %ld training / %ld held-out sequences of %ld tokens, %d rank(s), %d thread(s) each\n",
+        std::fprintf(stderr, "train: P = %ld, mode %s%s, %ld training / %ld held-out sequences of %ld tokens, %d rank(s), %d thread(s) each\n",
                      static_cast<long>(params.config.parscale_n), t.mode == TrainMode::All ? "all" : "parscale (frozen backbone)",
+                     t.prefix_reparam_dim > 0 ? (", prefix reparameterization " + std::to_string(t.prefix_reparam_dim)).c_str() : "",
                      static_cast<long>(data.train_windows()), static_cast<long>(data.eval_windows()), static_cast<long>(t.seq_len),
                      group.size(), num_threads());
       TrainResult r = train::train(params, data, t, group);
