@@ -28,15 +28,18 @@ for t in "${targets[@]}"; do
   mkdir -p "$dir/corpus/$t" "$dir/crashes/$t"
   log="$dir/logs/$t.log"
   rc=0
+  start=$(date +%s)
   # -rss_limit_mb: a parser must refuse a huge declared size before allocating it.
   "$dir/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
       -artifact_prefix="$dir/crashes/$t/" "$dir/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+  ran=$(( $(date +%s) - start ))  # libFuzzer stops at the first finding
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  [ -n "$execs" ] || execs=$(grep -E '^#[0-9]+' "$log" | tail -1 | grep -o '^#[0-9]*' | tr -d '#' || echo '?')
   last=$(grep -E '^#[0-9]+' "$log" | tail -1)
   cov=$(echo "$last" | grep -o 'cov: [0-9]*' | grep -o '[0-9]*' || echo '?')
   ft=$(echo "$last" | grep -o 'ft: [0-9]*' | grep -o '[0-9]*' || echo '?')
-  findings=$(ls "$dir/crashes/$t" | wc -l)
-  printf '%-18s %8s %12s %8s %8s %s\n' "$t" "$seconds" "$execs" "$cov" "$ft" "$findings"
+  findings=$(find "$dir/crashes/$t" -type f -newermt "@$start" | wc -l)  # of this run
+  printf '%-18s %8s %12s %8s %8s %s\n' "$t" "$ran" "$execs" "$cov" "$ft" "$findings"
   if [ "$rc" -ne 0 ] || [ "$findings" -ne 0 ]; then status=1; fi
 done
 exit $status

@@ -315,6 +315,16 @@ TEST(ChatTemplate, ResourceLimitsFailWithTheConstructAndLine) {
   expect_limit("{{ 99999999999999999999 }}", "out of range", 1);
 }
 
+TEST(ChatTemplate, MalformedLiteralsAreErrorsNotCrashes) {
+  // Found by fuzz_chat_template: a \x / \u escape without hex digits threw std::invalid_argument
+  // (uncaught: terminate); a float literal out of range threw std::out_of_range.
+  expect_limit("\n{{ 'a\\x4g' }}", "bad \\x escape", 2);
+  expect_limit("{{ 'a\\u12 z' }}", "bad \\u escape", 1);
+  expect_limit("{{ '\\u-123' }}", "bad \\u escape", 1);
+  EXPECT_EQ(render("{{ '\\x41\\u00e9' }} {{ 1" + std::string(400, '0') + ".5 }} {{ 0." + std::string(400, '0') + "1 }}"),
+            "A\xc3\xa9 inf 0.0");
+}
+
 // ---- CLI end to end ------------------------------------------------------------------------------
 
 std::string run(const std::string& command, int* status = nullptr) {

@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/error.h"
 #include "engine/session.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
@@ -391,6 +392,26 @@ TEST(TrainCli, ClearErrors) {
   fread(buf, 1, sizeof buf - 1, f);
   pclose(f);
   EXPECT_NE(std::string(buf).find("PSTOKEN1"), std::string::npos) << buf;
+}
+
+TEST(TokenFile, CountThatWrapsAroundIsRefused) {
+  // Found by fuzz_token_file: n = 2^63 + 6 made 32 + 4·n wrap to 56, the size of the file, so the
+  // size check passed and resizing to n tokens threw std::length_error (uncaught). Now an Error.
+  TempDir d;
+  std::string bytes = "PSTOKEN1";
+  auto put = [&](uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) bytes.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  put(1, 4), put(32, 4), put((uint64_t{1} << 63) + 6, 8), put(0, 8);
+  for (int i = 0; i < 6; ++i) put(static_cast<uint64_t>(i), 4);
+  const std::string path = d / "wrap.bin";
+  std::ofstream(path, std::ios::binary) << bytes;
+  try {
+    train::read_token_file(path);
+    ADD_FAILURE() << "accepted a token count of 2^63 + 6 in a 56-byte file";
+  } catch (const parscale::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected 32 + 4"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

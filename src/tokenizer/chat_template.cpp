@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <functional>
 #include <map>
@@ -307,7 +308,13 @@ std::vector<Tok> lex_expression(const std::string& src, size_t begin, size_t end
             case 'u': case 'x': {
               const size_t digits = e == 'u' ? 4 : 2;
               if (j + digits >= end) fail(j, "truncated escape in string literal");
-              const auto cp = static_cast<char32_t>(std::stoul(src.substr(j + 1, digits), nullptr, 16));
+              char32_t cp = 0;
+              for (size_t k = j + 1; k <= j + digits; ++k) {
+                const char h = src[k];
+                const int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+                if (v < 0) fail(j - 1, std::string("bad \\") + e + " escape in string literal (expected " + std::to_string(digits) + " hex digits)");
+                cp = cp * 16 + static_cast<char32_t>(v);
+              }
               utf8::append_code_point(cp, s);
               j += digits;
               break;
@@ -637,7 +644,7 @@ class ExprParser {
       }
       case Tok::Float: {
         auto e = make(Expr::Literal, t.pos);
-        e->literal = Value::real(std::stod(t.text));
+        e->literal = Value::real(std::strtod(t.text.c_str(), nullptr));  // out of range: inf / 0, as Python
         return e;
       }
       case Tok::Name: {

@@ -41,7 +41,8 @@ TokenFile read_token_file(const std::string& path) {
   f.vocab_size = load_le<uint64_t>(h + 24);
   in.seekg(0, std::ios::end);
   const uint64_t size = static_cast<uint64_t>(in.tellg());
-  if (size != kHeader + 4 * n)
+  // Compared without forming 4·n (a huge n would wrap around and match a small file).
+  if (size < kHeader || (size - kHeader) % 4 != 0 || (size - kHeader) / 4 != n)
     throw Error(path + ": token file holds " + std::to_string(size) + " bytes, expected 32 + 4 × " + std::to_string(n));
   in.seekg(kHeader);
   std::vector<unsigned char> raw(static_cast<size_t>(4 * n));
