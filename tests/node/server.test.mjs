@@ -125,6 +125,15 @@ test("n choices: seeded sampling is reproducible, choices differ, greedy choices
   assert.equal(new Set(g.choices.map((c) => c.text)).size, 1);
 });
 
+test("presence and frequency penalties change a repetitive greedy answer", async () => {
+  const base = { model: "demo:p4", prompt: PROMPTS[0], max_tokens: 24, temperature: 0, ignore_eos: true };
+  const plain = (await client.completions.create(base)).choices[0].text;
+  const pen = (await client.completions.create({ ...base, frequency_penalty: 2, presence_penalty: 1 })).choices[0].text;
+  assert.notEqual(pen, plain);
+  const again = (await client.completions.create({ ...base, frequency_penalty: 2, presence_penalty: 1 })).choices[0].text;
+  assert.equal(again, pen);
+});
+
 test("stop strings cut the text before the stop, streamed or not", async () => {
   const full = (await client.completions.create({ model: "demo", prompt: PROMPTS[0], max_tokens: 40, temperature: 0, ignore_eos: true })).choices[0].text;
   const at = Math.floor(full.length / 2);
