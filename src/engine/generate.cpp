@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include "core/error.h"
+#include "engine/engine.h"
 #include "engine/session.h"
+#include "model/kv_pool.h"
 
 namespace parscale {
 
@@ -21,9 +24,9 @@ GenerateResult generate(const ModelWeights& w, const std::vector<std::vector<int
                         const GenerateOptions& opt, const std::function<void(int64_t, int32_t)>& on_token) {
   using clock = std::chrono::steady_clock;
   const ModelConfig& c = w.config;
-  const int64_t B = static_cast<int64_t>(prompts.size()), V = c.vocab_size;
+  const int64_t B = static_cast<int64_t>(prompts.size());
   check(B > 0, "generate: no prompt");
-  check(opt.max_tokens >= 0, "generate: --max-tokens must be >= 0");
+  check(opt.max_tokens >= 0, "generate: the number of tokens to generate must be >= 0");
   opt.sampling.validate();
   int64_t longest = 0;
   for (size_t b = 0; b < prompts.size(); ++b) {
@@ -31,62 +34,88 @@ GenerateResult generate(const ModelWeights& w, const std::vector<std::vector<int
     if (static_cast<int64_t>(prompts[b].size()) >= c.max_position_embeddings)
       throw Error("generate: prompt " + std::to_string(b) + " has " + std::to_string(prompts[b].size()) +
                   " tokens, the context limit (max_position_embeddings) is " + std::to_string(c.max_position_embeddings));
+    for (int32_t id : prompts[b])
+      if (id < 0 || id >= c.vocab_size)
+        throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
     longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[b].size()));
   }
-  const int64_t max_len = std::min<int64_t>(c.max_position_embeddings, longest + opt.max_tokens);
-  const std::vector<int64_t>& eos = opt.eos_ids.empty() ? c.eos_token_ids : opt.eos_ids;
-
   GenerateResult res;
   res.ids.resize(static_cast<size_t>(B));
   res.stop.assign(static_cast<size_t>(B), StopReason::MaxTokens);
-  std::vector<std::vector<int32_t>> seen(prompts.begin(), prompts.end());
-  std::vector<Sampler> samplers;
-  for (int64_t b = 0; b < B; ++b) samplers.emplace_back(opt.sampling, static_cast<uint64_t>(b));
-  std::vector<bool> done(static_cast<size_t>(B), opt.max_tokens == 0);
   for (const auto& p : prompts) res.prompt_tokens += static_cast<int64_t>(p.size());
   if (opt.max_tokens == 0) return res;
 
-  SessionOptions so;
-  so.kv_dtype = opt.kv_dtype;
-  Session session(w, B, max_len, so);
-  std::vector<float> logits;
-  std::vector<std::vector<int32_t>> chunks(prompts.begin(), prompts.end());
-  auto t0 = clock::now();
-  session.forward(chunks, Session::Outputs::LastPosition, logits);
-  res.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
-  auto t1 = clock::now();
-  while (true) {
-    // logits rows are the sequences that had a non-empty chunk, in order.
-    int64_t row = 0;
-    bool any_active = false;
+  // The serving engine, sized for these prompts: every sequence runs at once (pages for its whole
+  // context), so the output is what `parscale serve` gives the same requests.
+  EngineOptions eo;
+  eo.kv_dtype = opt.kv_dtype;
+  const int64_t max_len = std::min<int64_t>(c.max_position_embeddings, longest + opt.max_tokens);
+  const int64_t pages_per_seq = c.streams() * ((max_len + eo.page_tokens - 1) / eo.page_tokens);
+  eo.kv_memory_bytes = B * pages_per_seq * KvPool::page_bytes(c, eo.kv_dtype, eo.page_tokens);
+  eo.max_running = B;
+  eo.max_queue = B;
+  eo.batch_rows = std::max<int64_t>(eo.batch_rows, B * c.streams());
+  eo.prefix_cache = false;
+  Engine engine(w.backbone, w.adapter, {}, eo);
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+  const auto t0 = clock::now();
+  for (int64_t b = 0; b < B; ++b) {
+    EngineRequest r;
+    r.prompt = prompts[static_cast<size_t>(b)];
+    // The context limit ends a sequence (reported), it does not refuse the request.
+    r.max_tokens = std::min<int64_t>(opt.max_tokens, c.max_position_embeddings - static_cast<int64_t>(r.prompt.size()));
+    r.sampling = opt.sampling;
+    r.eos_ids = opt.eos_ids;
+    r.ignore_eos = opt.ignore_eos;
+    handles.push_back(engine.submit(std::move(r)));
+  }
+  // Events of every request, in order per request; tokens are streamed as they come.
+  std::vector<bool> done(static_cast<size_t>(B), false), first(static_cast<size_t>(B), false);
+  int64_t n_done = 0, n_first = 0;
+  clock::time_point t_first = t0;
+  EngineEvent ev;
+  while (n_done < B) {
+    bool any = false;
     for (int64_t b = 0; b < B; ++b) {
-      auto& chunk = chunks[static_cast<size_t>(b)];
-      if (chunk.empty()) continue;
-      float* lrow = logits.data() + row * V;
-      ++row;
-      chunk.clear();
-      const int32_t id = samplers[static_cast<size_t>(b)].sample(lrow, V, seen[static_cast<size_t>(b)]);
-      res.ids[static_cast<size_t>(b)].push_back(id);
-      seen[static_cast<size_t>(b)].push_back(id);
-      ++res.generated_tokens;
-      if (on_token) on_token(b, id);
-      const bool is_eos = !opt.ignore_eos && std::find(eos.begin(), eos.end(), id) != eos.end();
-      if (is_eos) {
-        res.stop[static_cast<size_t>(b)] = StopReason::Eos;
-      } else if (static_cast<int64_t>(res.ids[static_cast<size_t>(b)].size()) >= opt.max_tokens) {
-        res.stop[static_cast<size_t>(b)] = StopReason::MaxTokens;
-      } else if (session.length(b) >= c.max_position_embeddings) {
-        res.stop[static_cast<size_t>(b)] = StopReason::ContextLimit;
-      } else {
-        chunk.push_back(id);
-        any_active = true;
+      if (done[static_cast<size_t>(b)]) continue;
+      while (handles[static_cast<size_t>(b)]->next(ev, std::chrono::milliseconds(0))) {
+        any = true;
+        if (ev.kind == EngineEvent::Kind::Token) {
+          res.ids[static_cast<size_t>(b)].push_back(ev.token);
+          ++res.generated_tokens;
+          if (!first[static_cast<size_t>(b)]) {
+            first[static_cast<size_t>(b)] = true;
+            if (++n_first == B) t_first = clock::now();
+          }
+          if (on_token) on_token(b, ev.token);
+        } else if (ev.kind == EngineEvent::Kind::Finished) {
+          done[static_cast<size_t>(b)] = true;
+          ++n_done;
+          switch (ev.finish) {
+            case FinishReason::Stop: res.stop[static_cast<size_t>(b)] = StopReason::Eos; break;
+            case FinishReason::Length:
+              res.stop[static_cast<size_t>(b)] =
+                  static_cast<int64_t>(res.ids[static_cast<size_t>(b)].size()) < opt.max_tokens ? StopReason::ContextLimit
+                                                                                               : StopReason::MaxTokens;
+              break;
+            case FinishReason::ContextLimit: res.stop[static_cast<size_t>(b)] = StopReason::ContextLimit; break;
+            case FinishReason::Cancelled: throw Error("generate: the engine stopped sequence " + std::to_string(b));
+          }
+          break;
+        }
       }
     }
-    if (!any_active) break;
-    session.forward(chunks, Session::Outputs::LastPosition, logits);
-    ++res.decode_steps;
+    if (!any) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
   }
-  res.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  const auto t_end = clock::now();
+  if (n_first < B) t_first = t_end;
+  res.prefill_seconds = std::chrono::duration<double>(t_first - t0).count();
+  res.decode_seconds = std::chrono::duration<double>(t_end - t_first).count();
+  int64_t most = 0;
+  for (const auto& ids : res.ids) most = std::max<int64_t>(most, static_cast<int64_t>(ids.size()));
+  res.decode_steps = std::max<int64_t>(0, most - 1);
   return res;
 }
 
