@@ -19,7 +19,9 @@ before(async () => {
 });
 
 after(async () => {
-  if (srv) await srv.stop();
+  if (!srv) return;
+  const { code, signal } = await srv.stop();  // under ASan, a leak would make this non-zero
+  assert.equal(code, 0, `server exit ${code} ${signal}\n${srv.stderr().slice(-4000)}`);
 });
 
 const PROMPTS = ["def fibonacci(n):", "import os\n\nclass ", "def parse_args(argv):\n    ", "for i in range("];
@@ -341,7 +343,8 @@ test(`2 x ${MALFORMED} malformed requests get only 4xx; RSS stays flat; the serv
   const rssAgain = rss();
   console.log(`# RSS ${rssBefore.toFixed(1)} MiB at start, ${rssAfter.toFixed(1)} after ${MALFORMED} malformed requests, ${rssAgain.toFixed(1)} after ${MALFORMED} more`);
   assert.deepEqual(bad, [], `statuses ${JSON.stringify([...statuses])}`);
-  assert.ok(rssAgain < rssAfter + 32, `RSS grew from ${rssAfter.toFixed(1)} to ${rssAgain.toFixed(1)} MiB`);
+  // (Sanitized builds hold freed memory in a quarantine: RSS grows there by design.)
+  if (!process.env.PARSCALE_SANITIZED) assert.ok(rssAgain < rssAfter + 32, `RSS grew from ${rssAfter.toFixed(1)} to ${rssAgain.toFixed(1)} MiB`);
   for (const s of slowStatus) assert.equal(s, 200);
   const h = await fetch(srv.base + "/health");
   assert.equal(h.status, 200);
