@@ -117,13 +117,15 @@ TEST(ServerApi, CompletionSamplingAndEngineRequest) {
   auto r = parse_completion_request(
       R"({"prompt":[1,2,3],"max_tokens":5,"temperature":0,"top_p":0.9,"top_k":40,"min_p":0.05,"repetition_penalty":1.1,
           "seed":7,"n":3,"logprobs":2,"echo":true,"ignore_eos":true,"parscale_streams":4,"parscale_stream_weights":true,
-          "presence_penalty":0,"frequency_penalty":0.0,"user":"u","stream":true,"stream_options":{"include_usage":true}})",
+          "presence_penalty":0.5,"frequency_penalty":-1.25,"user":"u","stream":true,"stream_options":{"include_usage":true}})",
       c.ctx);
   EXPECT_EQ(r.sampling.temperature, 0.0f);
   EXPECT_FLOAT_EQ(r.sampling.top_p, 0.9f);
   EXPECT_EQ(r.sampling.top_k, 40);
   EXPECT_FLOAT_EQ(r.sampling.min_p, 0.05f);
   EXPECT_FLOAT_EQ(r.sampling.repetition_penalty, 1.1f);
+  EXPECT_FLOAT_EQ(r.sampling.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(r.sampling.frequency_penalty, -1.25f);
   EXPECT_TRUE(r.stream && r.include_usage && r.echo && r.ignore_eos && r.stream_weights);
   EngineRequest e0 = r.engine_request(0, 0), e1 = r.engine_request(0, 1), e2 = r.engine_request(0, 2);
   EXPECT_EQ(e0.sampling.seed, 7u);  // choice 0 uses the seed as given
@@ -187,7 +189,7 @@ TEST(ServerApi, CompletionErrors) {
   bad(R"({"prompt":"x","min_p":1.5})", 400, "min_p");
   bad(R"({"prompt":"x","repetition_penalty":0})", 400, "repetition_penalty");
   bad(R"({"prompt":"x","presence_penalty":3})", 400, "presence_penalty");
-  bad(R"({"prompt":"x","frequency_penalty":0.5})", 400, "frequency_penalty", "not supported");
+  bad(R"({"prompt":"x","frequency_penalty":-2.5})", 400, "frequency_penalty");
   bad(R"({"prompt":"x","n":0})", 400, "n");
   bad(R"({"prompt":"x","n":1000})", 400, "n");
   bad(R"({"prompt":"x","n":true})", 400, "n");

@@ -2,8 +2,8 @@
 //                 [--threads N] [--kv-memory GiB] [--kv-dtype f32|bf16|f16] [--max-queue N]
 //                 [--cors-origin O]`
 // An OpenAI-compatible HTTP server (src/server) over the serving engine: model NAME at the
-// folder's own P, plus NAME:pP per adapter. SIGTERM / SIGINT: stop accepting connections, let
-// running requests finish, exit 0; a second signal cancels what still runs.
+// folder's own P, plus NAME:pP per adapter. SIGTERM / SIGINT: refuse new requests (503), let
+// running ones finish, close the listening socket, exit 0; a second signal cancels what runs.
 #include <pthread.h>
 
 #include <atomic>

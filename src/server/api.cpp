@@ -178,14 +178,13 @@ void parse_common(const json& j, const ParseContext& ctx, GenerationRequest& r, 
     if (*v <= 0.0) throw invalid("repetition_penalty", "'repetition_penalty' must be > 0, got " + fmt(*v));
     r.sampling.repetition_penalty = static_cast<float>(*v);
   }
-  for (const char* name : {"presence_penalty", "frequency_penalty"}) {
-    if (auto v = get_number(j, name)) {
-      check_range(name, *v, -2.0, 2.0);
-      if (*v != 0.0)
-        throw ApiError(400, "invalid_request_error",
-                       std::string("'") + name + "' other than 0 is not supported by this server; use 'repetition_penalty'",
-                       name, "unsupported_value");
-    }
+  if (auto v = get_number(j, "presence_penalty")) {
+    check_range("presence_penalty", *v, -2.0, 2.0);
+    r.sampling.presence_penalty = static_cast<float>(*v);
+  }
+  if (auto v = get_number(j, "frequency_penalty")) {
+    check_range("frequency_penalty", *v, -2.0, 2.0);
+    r.sampling.frequency_penalty = static_cast<float>(*v);
   }
   if (auto v = get_int(j, "seed")) {
     r.sampling.seed = static_cast<uint64_t>(*v);

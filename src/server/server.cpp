@@ -1,6 +1,9 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -26,6 +29,33 @@ namespace {
 // A client that is silent this long gets a keep-alive write (an SSE comment, or a space before
 // a JSON body): a write to a closed connection fails, which is how a disconnect is noticed.
 constexpr auto kHeartbeat = std::chrono::milliseconds(1000);
+
+// cpp-httplib (Debian's build) listens with a backlog of 5: a burst of connections overflows the
+// accept queue, and under load clients then see stalls or resets. listen() may be called again on
+// a listening socket to change its backlog; the socket is found among this process's descriptors
+// by its listening state and local port. Returns false when none was found.
+bool widen_listen_backlog(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return false;
+  bool done = false;
+  while (dirent* e = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || fd == dirfd(dir)) continue;
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage addr{};
+    socklen_t alen = sizeof addr;
+    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&addr), &alen) != 0) continue;
+    int p = -1;
+    if (addr.ss_family == AF_INET) p = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+    if (addr.ss_family == AF_INET6) p = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    if (p == port && listen(static_cast<int>(fd), SOMAXCONN) == 0) done = true;
+  }
+  closedir(dir);
+  return done;
+}
 
 std::string random_id(const char* prefix) {
   static std::mutex mu;
@@ -157,7 +187,8 @@ struct Server::Impl {
                                "", "invalid_api_key"));
       return httplib::Server::HandlerResponse::Handled;
     });
-    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+    http.set_error_handler(httplib::Server::HandlerWithResponse([max_body = opt.max_body_bytes](const httplib::Request& req,
+                                                                                                httplib::Response& res) {
       // Only fills responses that have no body yet (routing failures, 413 from the body limit,
       // malformed HTTP); the handlers' own errors already carry one.
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
@@ -165,7 +196,9 @@ struct Server::Impl {
       if (res.status == 404) {
         msg = "unknown path: " + req.method + " " + req.path;
       } else if (res.status == 413) {
-        msg = "the request body is larger than the server's limit";
+        msg = "the request body is larger than the server's limit (" + std::to_string(max_body) +
+              " bytes; 8192 for Content-Type application/x-www-form-urlencoded, e.g. curl -d without "
+              "-H 'Content-Type: application/json')";
       } else {
         msg = "bad request (" + std::to_string(res.status) + ")";
       }
@@ -363,6 +396,7 @@ int Server::bind() {
   }
   check(ok, "serve: cannot listen on " + impl_->opt.host + ":" + std::to_string(impl_->opt.port) +
                 " (address in use, or not an address of this machine)");
+  widen_listen_backlog(port);
   impl_->bound = true;
   return port;
 }
