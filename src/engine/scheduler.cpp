@@ -216,8 +216,8 @@ void Scheduler::clear_prefix_cache() {
   }
 }
 
-void Scheduler::cache_insert(Sequence& seq) {
-  const int64_t full = std::min(seq.computed, seq.prompt_len) / page_tokens_;
+void Scheduler::cache_insert(Sequence& seq, int64_t tokens) {
+  const int64_t full = std::min(seq.computed, tokens) / page_tokens_;
   uint64_t key = seq.cache_tail >= 0 ? entries_.at(seq.cache_tail).key : root_key(seq.req.model);
   while (seq.cache_pages < full) {
     const int64_t i = seq.cache_pages;
@@ -351,6 +351,11 @@ bool Scheduler::grow(size_t index, int64_t tokens) {
 // ---- events ----
 
 void Scheduler::finish(Sequence& seq, FinishReason reason) {
+  // A request that ended normally leaves the full pages of everything it computed (prompt and
+  // the generated tokens fed back; the last sampled token has no K/V) in the prefix cache, so a
+  // follow-up turn (prompt + answer + new text) computes only its new tokens.
+  if (options_.prefix_cache && (reason == FinishReason::Stop || reason == FinishReason::Length))
+    cache_insert(seq, seq.computed);
   release_pages(seq);
   seq.done = true;
   EngineEvent e;
@@ -513,7 +518,7 @@ void Scheduler::step() {
     Sequence& s = *chunk_seq_[i];
     s.computed += chunks_[i].n_new;
     s.last_served = static_cast<uint64_t>(steps_);
-    if (options_.prefix_cache) cache_insert(s);
+    if (options_.prefix_cache) cache_insert(s, s.prompt_len);
     if (s.computed < static_cast<int64_t>(s.tokens.size())) continue;
     if (!s.prompt_done) {
       s.prompt_done = true;

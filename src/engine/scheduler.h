@@ -10,7 +10,7 @@
 //
 // Pages: a sequence of P streams has P block tables; row s holds ceil(len / page_tokens) pages
 // for the len tokens it has computed or is about to compute. Prompt-prefix cache: full pages of
-// prompts (all P tables of one page index form one entry) are kept per model index, keyed by a
+// prompts, and of prompt + generated tokens once a request finishes normally (all P tables of one page index form one entry) are kept per model index, keyed by a
 // hash chain of their token ids, verified against the stored tokens and the parent entry.
 #pragma once
 #include <chrono>
@@ -85,8 +85,9 @@ class Scheduler {
   std::vector<int64_t> cache_lookup(int64_t model, const std::vector<int32_t>& tokens, int64_t max_pages) const;
   int64_t evictable_pages() const;
   bool evict_one();
-  // Registers seq's computed full prompt pages in the cache.
-  void cache_insert(Sequence& seq);
+  // Registers seq's computed full pages among its first `tokens` tokens in the cache (the prompt
+  // while it runs; everything computed when it finishes normally).
+  void cache_insert(Sequence& seq, int64_t tokens);
   void remove_entry(int64_t id);
   void touch(int64_t id, CacheEntry& e);  // marks e most recently used
 
