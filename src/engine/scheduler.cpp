@@ -74,6 +74,8 @@ Scheduler::Scheduler(const ModelConfig& config, std::vector<SchedulerModel> mode
       page_tokens_(pool.page_tokens()), vocab_(config.vocab_size) {
   check(!models_.empty(), "engine: no model to serve");
   check(options_.batch_rows > 0, "engine: batch_rows must be > 0, found " + std::to_string(options_.batch_rows));
+  check(options_.prefill_rows_while_decoding >= 0,
+        "engine: prefill_rows_while_decoding must be >= 0, found " + std::to_string(options_.prefill_rows_while_decoding));
   check(options_.max_running > 0, "engine: max_running must be > 0, found " + std::to_string(options_.max_running));
   step_seconds_.bounds = latency_bounds();
   step_seconds_.counts.assign(step_seconds_.bounds.size() + 1, 0);
@@ -446,17 +448,31 @@ void Scheduler::step() {
     if (da) return a->last_served < b->last_served || (a->last_served == b->last_served && a->admitted < b->admitted);
     return a->admitted < b->admitted;
   });
+  // While any sequence decodes, prompt rows are capped (prefill_rows_while_decoding) so that a
+  // long prompt enters in small chunks and the decode step stays short; the first prefill chunk
+  // of a step always gets at least one token, so prompts progress whatever the cap.
   std::vector<std::pair<Sequence*, int64_t>> plan;
   int64_t budget = options_.batch_rows;
+  const bool decoding = std::any_of(order.begin(), order.end(), [](const Sequence* s) { return s->remaining() == 1; });
+  int64_t prefill_budget = decoding && options_.prefill_rows_while_decoding > 0 ? options_.prefill_rows_while_decoding
+                                                                                 : options_.batch_rows;
+  bool prefill_planned = false;
   for (Sequence* s : order) {
     if (s->preempted) continue;
-    const int64_t n = std::min(s->remaining(), budget / s->streams);
+    const bool prefill = s->remaining() > 1;
+    int64_t rows_allowed = budget;
+    if (prefill) rows_allowed = std::min(budget, prefill_planned ? prefill_budget : std::max(prefill_budget, s->streams));
+    const int64_t n = std::min(s->remaining(), rows_allowed / s->streams);
     if (n <= 0) continue;
     size_t index = 0;
     while (running_[index].get() != s) ++index;
     if (!grow(index, s->computed + n)) continue;
     plan.emplace_back(s, n);
     budget -= n * s->streams;
+    if (prefill) {
+      prefill_budget -= n * s->streams;
+      prefill_planned = true;
+    }
   }
   std::erase_if(plan, [](const auto& p) { return p.first->preempted; });
 
