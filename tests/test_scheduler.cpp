@@ -337,8 +337,10 @@ TEST(Scheduler, BrokenLogitsEndOnlyTheirRequest) {
   Result rb, rg;
   drain(*bad, rb);
   drain(*good, rg);
-  EXPECT_EQ(rb.finish.finish, FinishReason::Cancelled);
+  EXPECT_EQ(rb.finish.finish, FinishReason::Error);
+  EXPECT_NE(rb.finish.error.find("NaN"), std::string::npos) << rb.finish.error;
   EXPECT_TRUE(rb.tokens.empty());
+  EXPECT_TRUE(rg.finish.error.empty());
   EXPECT_EQ(rg.finish.finish, FinishReason::Length);
   EXPECT_EQ(rg.tokens.size(), 5u);
   h.sched->clear_prefix_cache();
@@ -727,4 +729,36 @@ TEST(Engine, ShutdownCancelsOrFinishes) {
     EXPECT_EQ(wait_finished(*a).finish.finish, FinishReason::Cancelled);
     EXPECT_EQ(wait_finished(*b).finish.finish, FinishReason::Cancelled);
   }
+}
+
+TEST(Engine, FailedModelPassEndsRunningRequestsWithError) {
+  // The first pass throws: the request in it finishes with Error and the exception's message;
+  // the engine keeps serving, a later request finishes normally.
+  struct ThrowOnce : StepRunner {
+    FakeRunner fake;
+    bool thrown = false;
+    ThrowOnce(KvPool& pool, int64_t rows) : fake(pool, kVocab, rows) {}
+    void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override {
+      if (!thrown) {
+        thrown = true;
+        throw std::runtime_error("out of scratch memory");
+      }
+      fake.run(batch, out);
+    }
+  };
+  EngineOptions o;
+  o.page_tokens = 4;
+  Adapter a2 = make_adapter(2);
+  Engine::Impl e(fake_config(), {{1, 0, ""}, {2, 1, "p2"}}, {nullptr, &a2},
+                 [&](KvPool& pool) -> std::unique_ptr<StepRunner> { return std::make_unique<ThrowOnce>(pool, o.batch_rows); },
+                 o);
+  const Result failed = wait_finished(*e.submit(request(1, iota_tokens(10, 1), 5)));
+  EXPECT_EQ(failed.finish.finish, FinishReason::Error);
+  EXPECT_NE(failed.finish.error.find("out of scratch memory"), std::string::npos) << failed.finish.error;
+  EXPECT_TRUE(failed.tokens.empty());
+  const Result ok = wait_finished(*e.submit(request(1, iota_tokens(10, 1), 5)));
+  EXPECT_EQ(ok.finish.finish, FinishReason::Length);
+  EXPECT_EQ(ok.tokens.size(), 5u);
+  e.shutdown(true);
+  EXPECT_EQ(e.stats().kv_pages_used, e.stats().kv_pages_cached);
 }

@@ -101,6 +101,7 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
       StreamDecoder dec(tok, /*skip_special=*/true);
       std::vector<int32_t> reply;
       FinishReason finish = FinishReason::Length;
+      std::string error;
       EngineEvent ev;
       while (handle->next(ev, std::chrono::hours(24))) {
         if (ev.kind == EngineEvent::Kind::Token) {
@@ -110,6 +111,7 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
           std::fflush(stdout);
         } else if (ev.kind == EngineEvent::Kind::Finished) {
           finish = ev.finish;
+          error = ev.error;
         }
       }
       std::string tail = dec.flush();
@@ -117,6 +119,7 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
       std::fputc('\n', stdout);
       std::fflush(stdout);
       if (finish == FinishReason::Cancelled) throw Error("chat: the engine stopped the reply");
+      if (finish == FinishReason::Error) throw Error("chat: " + error);
       if (finish == FinishReason::Stop && !reply.empty()) reply.pop_back();
       history.push_back({"assistant", tok.decode(reply, /*skip_special=*/true)});
       if (finish == FinishReason::ContextLimit ||

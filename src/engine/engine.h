@@ -70,6 +70,8 @@ enum class FinishReason {
   Length,        // max_tokens generated
   ContextLimit,  // the sequence reached max_position_embeddings
   Cancelled,     // cancel() / shutdown without finishing
+  Error,         // the model pass failed (threw) or gave a logits row with NaN / +inf;
+                 // EngineEvent::error says what happened
 };
 const char* finish_reason_name(FinishReason r);
 
@@ -113,6 +115,7 @@ struct EngineEvent {
   FinishReason finish = FinishReason::Length;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   int64_t cached_prompt_tokens = 0;  // prompt tokens taken from the prefix cache (not computed)
+  std::string error;                 // Finished(Error): what went wrong, else ""
 };
 
 // The client's end of one request. Thread-safe.

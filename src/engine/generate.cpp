@@ -99,6 +99,7 @@ GenerateResult generate(const ModelWeights& w, const std::vector<std::vector<int
               break;
             case FinishReason::ContextLimit: res.stop[static_cast<size_t>(b)] = StopReason::ContextLimit; break;
             case FinishReason::Cancelled: throw Error("generate: the engine stopped sequence " + std::to_string(b));
+            case FinishReason::Error: throw Error("generate: sequence " + std::to_string(b) + ": " + ev.error);
           }
           break;
         }

@@ -352,7 +352,7 @@ bool Scheduler::grow(size_t index, int64_t tokens) {
 
 // ---- events ----
 
-void Scheduler::finish(Sequence& seq, FinishReason reason) {
+void Scheduler::finish(Sequence& seq, FinishReason reason, const std::string& error) {
   // A request that ended normally leaves the full pages of everything it computed (prompt and
   // the generated tokens fed back; the last sampled token has no K/V) in the prefix cache, so a
   // follow-up turn (prompt + answer + new text) computes only its new tokens.
@@ -366,6 +366,7 @@ void Scheduler::finish(Sequence& seq, FinishReason reason) {
   e.prompt_tokens = seq.prompt_len;
   e.generated_tokens = seq.generated;
   e.cached_prompt_tokens = seq.cached_prompt_tokens;
+  e.error = error;
   seq.handle->push(std::move(e));
 }
 
@@ -377,7 +378,8 @@ bool Scheduler::pick(Sequence& seq, const float* logits, std::vector<float>& scr
     e.token = seq.sampler.sample(scratch.data(), vocab_, seq.tokens, static_cast<size_t>(seq.prompt_len));
     e.logprob = logprob_and_top(logits, vocab_, std::max(0, seq.req.top_logprobs), e.token,
                                 seq.req.top_logprobs > 0 ? &e.top : nullptr);
-  } catch (const Error&) {
+  } catch (const Error& err) {
+    e.error = std::string("the model's logits for the next token are broken: ") + err.what();
     return false;
   }
   return true;
@@ -386,7 +388,7 @@ bool Scheduler::pick(Sequence& seq, const float* logits, std::vector<float>& scr
 void Scheduler::emit_token(Sequence& seq, EngineEvent e, bool ok, const float* weights) {
   if (!ok) {
     // A broken logits row (NaN / +inf) ends this request only.
-    finish(seq, FinishReason::Cancelled);
+    finish(seq, FinishReason::Error, e.error);
     return;
   }
   const int32_t id = e.token;
@@ -406,6 +408,11 @@ void Scheduler::emit_token(Sequence& seq, EngineEvent e, bool ok, const float* w
     finish(seq, FinishReason::Length);
   else if (static_cast<int64_t>(seq.tokens.size()) >= config_.max_position_embeddings)
     finish(seq, FinishReason::ContextLimit);
+}
+
+void Scheduler::fail_running(const std::string& error) {
+  for (auto& s : running_) finish(*s, FinishReason::Error, error);
+  running_.clear();
 }
 
 void Scheduler::cancel_all() {

@@ -53,6 +53,9 @@ class Scheduler {
   bool idle() const { return running_.empty() && waiting_.empty(); }
   // Finishes every running and waiting request with Finished(Cancelled).
   void cancel_all();
+  // After a failed step (the model pass threw): finishes every running request with
+  // Finished(Error, error); waiting requests (no pages, nothing computed) stay queued.
+  void fail_running(const std::string& error);
   // Drops every prefix-cache entry (pages still held by sequences stay).
   void clear_prefix_cache();
 
@@ -97,7 +100,7 @@ class Scheduler {
   bool grow(size_t index, int64_t tokens);
   void preempt(size_t index);
   void release_pages(Sequence& seq);
-  void finish(Sequence& seq, FinishReason reason);
+  void finish(Sequence& seq, FinishReason reason, const std::string& error = "");
   // The next token of seq from its logits row [V] (sampler, log-probabilities) into e; false on
   // a broken row. Touches only seq and scratch: sequences are picked in parallel.
   bool pick(Sequence& seq, const float* logits, std::vector<float>& scratch, EngineEvent& e) const;
