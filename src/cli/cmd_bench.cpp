@@ -44,7 +44,7 @@ struct Opts {
   std::string mix, kv_dtype = "bf16";
   bool kv_accounting_only = false;
   int64_t interference = 0;
-  std::string prefill_caps = "64";
+  std::string prefill_caps = "8";
 };
 
 std::vector<int64_t> parse_list(const std::string& text, const std::string& option) {

@@ -99,7 +99,7 @@ struct InterferenceOptions {
   int64_t long_prompt = 2000;
   int64_t undisturbed_steps = 16;    // timed steps before the long prompt arrives
   int64_t batch_rows = 512;
-  int64_t prefill_rows_while_decoding = 64;  // EngineOptions' cap (0 = none)
+  int64_t prefill_rows_while_decoding = 8;   // EngineOptions' cap (0 = none)
   int64_t page_tokens = 64;
   DType kv_dtype = DType::BF16;
   uint64_t seed = 1234;

@@ -52,7 +52,7 @@ struct EngineOptions {
   // admitted in chunks beside the decode tokens instead of stalling them; the first prompt chunk
   // of a pass gets at least one token. 0: no cap (batch_rows). With no sequence decoding, prompts
   // get the whole batch_rows.
-  int64_t prefill_rows_while_decoding = 64;
+  int64_t prefill_rows_while_decoding = 8;  // docs/SCHEDULER.md: measured choice
   int64_t max_running = 64;      // sequences in the running batch at most
   int64_t max_queue = 1024;      // waiting requests at most; submit() refuses beyond
   bool prefix_cache = true;      // reuse full KV pages of earlier prompts with the same tokens
