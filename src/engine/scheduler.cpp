@@ -411,7 +411,8 @@ void Scheduler::emit_token(Sequence& seq, EngineEvent e, bool ok, const float* w
 }
 
 void Scheduler::fail_running(const std::string& error) {
-  for (auto& s : running_) finish(*s, FinishReason::Error, error);
+  for (auto& s : running_)
+    if (!s->done) finish(*s, FinishReason::Error, error);  // (done: finished before the throw)
   running_.clear();
 }
 
