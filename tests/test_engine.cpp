@@ -315,3 +315,44 @@ TEST(EngineDemo, PrefixCacheComputesOnlyTheNewTokens) {
     EXPECT_NEAR(t.stream_weights[0] + t.stream_weights[1], 1.0f, 1e-5);
   }
 }
+
+TEST(EngineDemo, PrefixCacheKeepsTheAnswerForTheNextTurn) {
+  // A 2-turn conversation: turn 2's prompt is turn 1's prompt + its answer + new text. The full
+  // pages of turn 1's prompt and fed-back answer stay cached when it finishes, so turn 2 computes
+  // only from the first page that holds the last answer token on (that token was never fed back).
+  const Demo d;
+  const int64_t V = d.w.config.vocab_size;
+  std::mt19937_64 rng(21);
+  EngineRequest a;
+  a.model = 2;  // P = 4
+  a.prompt = random_tokens(rng, 40, V);
+  a.max_tokens = 30;
+  a.sampling.temperature = 0.0f;
+  a.ignore_eos = true;
+
+  EngineOptions o;
+  o.page_tokens = 8;
+  Engine engine(d.w.backbone, d.w.adapter, d.extra, o);
+  const Result ra = wait(*engine.submit(a));
+  ASSERT_EQ(ra.tokens.size(), 30u);
+  EXPECT_EQ(ra.finish.finish, FinishReason::Length);
+
+  EngineRequest b = a;
+  const std::vector<int32_t> answer = ra.ids();
+  b.prompt.insert(b.prompt.end(), answer.begin(), answer.end());
+  const auto turn = random_tokens(rng, 10, V);
+  b.prompt.insert(b.prompt.end(), turn.begin(), turn.end());  // 80 tokens
+  b.max_tokens = 5;
+  b.sampling.temperature = 0.8f;
+  b.sampling.seed = 9;
+  b.top_logprobs = 2;
+  const Result rb = wait(*engine.submit(b));
+  engine.shutdown(true);
+  // Turn 1 computed 40 + 29 tokens: 8 full pages of 8 (64 tokens, prompt and answer) are cached.
+  EXPECT_EQ(rb.finish.cached_prompt_tokens, 64);
+  // Rows (4 a token): turn 1 its prompt + 29 decodes; turn 2 its 16 uncached tokens + 4 decodes.
+  EXPECT_EQ(engine.stats().rows_computed, 4 * (40 + 29) + 4 * (16 + 4));
+
+  const std::vector<Result> alone = run_alone(d.w, d.extra, {b});
+  expect_same(rb, alone[0], "second turn (prompt and answer from the cache) vs alone without cache");
+}

@@ -249,6 +249,59 @@ TEST(Scheduler, LongPromptIsChunkedWhileOthersDecode) {
   EXPECT_EQ(ra.finished || (drain(*a, ra), ra.finished), true);
 }
 
+// A Harness whose scheduler caps prompt rows at `cap` while sequences decode.
+void cap_prefill(Harness& h, int64_t cap) {
+  h.sched.reset();
+  h.options.prefill_rows_while_decoding = cap;
+  h.sched = std::make_unique<Scheduler>(h.config, std::vector<SchedulerModel>{{1, nullptr}, {2, &h.a2}, {3, &h.a3}},
+                                        h.pool, *h.runner, h.options);
+}
+
+TEST(Scheduler, PromptRowsAreCappedWhileOthersDecode) {
+  for (const int64_t cap : {9, 1}) {
+    SCOPED_TRACE("cap " + std::to_string(cap));
+    Harness h(512, 4, 64);  // 64 rows a pass
+    cap_prefill(h, cap);
+    std::vector<std::shared_ptr<RequestHandle>> decoders;
+    std::vector<Result> rd(4);
+    for (int i = 0; i < 4; ++i) {
+      EngineRequest r = request(0, iota_tokens(3, i + 1), 120);  // decoding beyond the prompt
+      r.ignore_eos = true;
+      decoders.push_back(h.submit(r));
+    }
+    for (int i = 0; i < 2; ++i) h.sched->step();  // all four decoding
+    h.runner->max_rows_seen = 0;
+    const EngineRequest long_prompt = request(2, iota_tokens(100, 3), 2);  // P = 3
+    auto c = h.submit(long_prompt);
+    Result rc;
+    // At least one token (3 rows) a pass, else floor(cap / 3) tokens.
+    const int64_t per_pass = std::max<int64_t>(1, cap / 3);
+    const int64_t passes = (100 + per_pass - 1) / per_pass;
+    for (int64_t i = 0; i < passes; ++i) {
+      ASSERT_TRUE(rc.tokens.empty()) << "pass " << i;
+      for (size_t k = 0; k < decoders.size(); ++k) drain(*decoders[k], rd[k]);
+      const size_t before = rd[0].tokens.size();
+      h.sched->step();
+      drain(*c, rc);
+      for (size_t k = 0; k < decoders.size(); ++k) {
+        drain(*decoders[k], rd[k]);
+        EXPECT_EQ(rd[k].tokens.size(), before + 1) << "decoder " << k << " pass " << i;  // never stalled
+      }
+    }
+    ASSERT_EQ(rc.tokens.size(), 1u);  // the prompt completed in exactly `passes` passes
+    EXPECT_EQ(h.runner->max_rows_seen, 4 + 3 * per_pass);
+    h.run();
+    drain(*c, rc);
+    EXPECT_EQ(rc.ids(), solo(long_prompt).ids());
+  }
+  // With nothing decoding, a prompt gets the whole batch_rows.
+  Harness h(256, 4, 64);
+  cap_prefill(h, 9);
+  auto c = h.submit(request(2, iota_tokens(100, 3), 2));
+  h.sched->step();
+  EXPECT_EQ(h.runner->max_rows_seen, 63);  // 21 tokens x 3 streams
+}
+
 TEST(Scheduler, CancelReleasesPagesWithinOneStep) {
   Harness h(64, 4, 32, /*prefix_cache=*/false);
   auto a = h.submit(request(1, iota_tokens(10, 1), 50));
@@ -284,8 +337,10 @@ TEST(Scheduler, BrokenLogitsEndOnlyTheirRequest) {
   Result rb, rg;
   drain(*bad, rb);
   drain(*good, rg);
-  EXPECT_EQ(rb.finish.finish, FinishReason::Cancelled);
+  EXPECT_EQ(rb.finish.finish, FinishReason::Error);
+  EXPECT_NE(rb.finish.error.find("NaN"), std::string::npos) << rb.finish.error;
   EXPECT_TRUE(rb.tokens.empty());
+  EXPECT_TRUE(rg.finish.error.empty());
   EXPECT_EQ(rg.finish.finish, FinishReason::Length);
   EXPECT_EQ(rg.tokens.size(), 5u);
   h.sched->clear_prefix_cache();
@@ -674,4 +729,36 @@ TEST(Engine, ShutdownCancelsOrFinishes) {
     EXPECT_EQ(wait_finished(*a).finish.finish, FinishReason::Cancelled);
     EXPECT_EQ(wait_finished(*b).finish.finish, FinishReason::Cancelled);
   }
+}
+
+TEST(Engine, FailedModelPassEndsRunningRequestsWithError) {
+  // The first pass throws: the request in it finishes with Error and the exception's message;
+  // the engine keeps serving, a later request finishes normally.
+  struct ThrowOnce : StepRunner {
+    FakeRunner fake;
+    bool thrown = false;
+    ThrowOnce(KvPool& pool, int64_t rows) : fake(pool, kVocab, rows) {}
+    void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override {
+      if (!thrown) {
+        thrown = true;
+        throw std::runtime_error("out of scratch memory");
+      }
+      fake.run(batch, out);
+    }
+  };
+  EngineOptions o;
+  o.page_tokens = 4;
+  Adapter a2 = make_adapter(2);
+  Engine::Impl e(fake_config(), {{1, 0, ""}, {2, 1, "p2"}}, {nullptr, &a2},
+                 [&](KvPool& pool) -> std::unique_ptr<StepRunner> { return std::make_unique<ThrowOnce>(pool, o.batch_rows); },
+                 o);
+  const Result failed = wait_finished(*e.submit(request(1, iota_tokens(10, 1), 5)));
+  EXPECT_EQ(failed.finish.finish, FinishReason::Error);
+  EXPECT_NE(failed.finish.error.find("out of scratch memory"), std::string::npos) << failed.finish.error;
+  EXPECT_TRUE(failed.tokens.empty());
+  const Result ok = wait_finished(*e.submit(request(1, iota_tokens(10, 1), 5)));
+  EXPECT_EQ(ok.finish.finish, FinishReason::Length);
+  EXPECT_EQ(ok.tokens.size(), 5u);
+  e.shutdown(true);
+  EXPECT_EQ(e.stats().kv_pages_used, e.stats().kv_pages_cached);
 }

@@ -75,14 +75,16 @@ TEST_F(TextModel, PromptEqualsIdsPath) {
   EXPECT_EQ(j["text"].get<std::string>(), dec);
 }
 
-// Greedy reply of `generate --messages` for a conversation (the chat template applied).
-std::string reply_for(const std::string& model, const json& messages) {
+// Reply of `generate --messages` for a conversation (the chat template applied); greedy unless
+// `sampling` gives other options.
+std::string reply_for(const std::string& model, const json& messages,
+                      const std::string& sampling = " --temperature 0 --max-tokens 8") {
   test::TempDir tmp;
   const auto f = tmp.path / "messages.json";
   std::ofstream(f) << messages.dump();
   std::string out, err;
-  EXPECT_EQ(test::run_command(bin() + " generate --model " + model + " --messages " + f.string() +
-                                  " --temperature 0 --max-tokens 8 --json",
+  EXPECT_EQ(test::run_command(bin() + " generate --model " + model + " --messages " + f.string() + sampling +
+                                  " --json",
                               &out, &err),
             0)
       << err;
@@ -106,6 +108,27 @@ TEST_F(TextModel, ChatKeepsHistoryAndMatchesOneShotGeneration) {
                                                        {{"role", "assistant"}, {"content", r1}},
                                                        {{"role", "user"}, {"content", "what is x"}}}));
   EXPECT_EQ(out, r1 + "\n" + r2 + "\n");
+}
+
+TEST_F(TextModel, SampledChatTurnsMatchOneShotGenerationWithTheSameSeed) {
+  // Each turn is one engine request seeded from --seed, so a sampled reply (with a repetition
+  // penalty) equals `generate --messages` of the conversation so far with the same options.
+  const std::string sampling = " --temperature 1.2 --top-k 0 --top-p 1 --repetition-penalty 1.3 --seed 7 --max-tokens 10";
+  std::string out, err;
+  ASSERT_EQ(test::run_command("printf 'hello\\nwhat is x\\nand y\\n' | " + bin() + " chat --model " + model + sampling +
+                                  " --quiet",
+                              &out, &err),
+            0)
+      << err;
+  json conv = json::array({{{"role", "user"}, {"content", "hello"}}});
+  const std::string r1 = reply_for(model, conv, sampling);
+  conv.push_back({{"role", "assistant"}, {"content", r1}});
+  conv.push_back({{"role", "user"}, {"content", "what is x"}});
+  const std::string r2 = reply_for(model, conv, sampling);
+  conv.push_back({{"role", "assistant"}, {"content", r2}});
+  conv.push_back({{"role", "user"}, {"content", "and y"}});
+  const std::string r3 = reply_for(model, conv, sampling);
+  EXPECT_EQ(out, r1 + "\n" + r2 + "\n" + r3 + "\n");
 }
 
 TEST_F(TextModel, ChatResetStartsOver) {

@@ -43,6 +43,8 @@ struct Opts {
   uint64_t seed = 1234;
   std::string mix, kv_dtype = "bf16";
   bool kv_accounting_only = false;
+  int64_t interference = 0;
+  std::string prefill_caps = "8";
 };
 
 std::vector<int64_t> parse_list(const std::string& text, const std::string& option) {
@@ -86,8 +88,14 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
   app.add_option("--mix", o->mix,
                  "mixed-P decode: PxCOUNT entries (e.g. 1x8,4x2,8x1) run as one step on one backbone, timed against "
                  "one P = 1 sequence alone");
-  app.add_option("--kv-dtype", o->kv_dtype, "--mix: KV cache dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_option("--kv-dtype", o->kv_dtype, "--mix, --interference: KV cache dtype")->check(CLI::IsMember({"f32", "bf16", "f16"}));
   app.add_flag("--kv-accounting-only", o->kv_accounting_only, "--mix: print the KV page accounting without running");
+  app.add_option("--interference", o->interference,
+                 "decode latency under a long prompt: 4 sequences decode (--decode-steps steps timed), then a prompt of "
+                 "this many tokens is admitted beside them; prints step p50/p99 before and during")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--prefill-cap", o->prefill_caps,
+                 "--interference: comma-separated caps of prompt rows per step while sequences decode (0 = none)");
   return [o]() -> int {
     if (o->model_dir.empty() == o->shape.empty()) throw Error("bench: give exactly one of --model DIR or --shape NAME");
     const int threads = set_num_threads(o->threads);
@@ -152,6 +160,38 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       const double m = med(r.mixed_ms), s1 = med(r.single_ms);
       std::printf("decode step, median of %lld (alternating): mix %.2f ms, one P = 1 sequence %.2f ms, ratio %.3f\n",
                   static_cast<long long>(o->decode_steps), m, s1, m / s1);
+      return 0;
+    }
+
+    if (o->interference > 0) {
+      std::vector<int64_t> caps;
+      for (int32_t x : cli::parse_id_list(o->prefill_caps, "--prefill-cap")) {
+        if (x < 0) throw Error("--prefill-cap: entries must be >= 0, found " + std::to_string(x));
+        caps.push_back(x);
+      }
+      const DType kv = o->kv_dtype == "f32" ? DType::F32 : o->kv_dtype == "f16" ? DType::F16 : DType::BF16;
+      std::printf("interference: 4 decoding sequences, then a %lld-token prompt; batch_rows 512, %s KV; ms per step\n",
+                  static_cast<long long>(o->interference), o->kv_dtype.c_str());
+      std::printf("%4s %5s | %9s %9s | %9s %9s %6s | %7s %9s\n", "P", "cap", "undist50", "undist99", "admit50", "admit99",
+                  "p99x", "steps", "ttft_ms");
+      for (int64_t P : streams) {
+        const ModelWeights w = o->model_dir.empty() ? with_streams(backbone, P, o->seed) : backbone;
+        for (int64_t cap : caps) {
+          bench::InterferenceOptions io;
+          io.long_prompt = o->interference;
+          io.undisturbed_steps = o->decode_steps;
+          io.prefill_rows_while_decoding = cap;
+          io.kv_dtype = kv;
+          io.seed = o->seed;
+          const bench::InterferenceResult r = bench::run_interference(w, io);
+          const double u50 = bench::quantile(r.undisturbed_ms, 0.5), u99 = bench::quantile(r.undisturbed_ms, 0.99);
+          const double a50 = bench::quantile(r.admitting_ms, 0.5), a99 = bench::quantile(r.admitting_ms, 0.99);
+          std::printf("%4lld %5lld | %9.2f %9.2f | %9.2f %9.2f %6.2f | %7zu %9.1f\n", static_cast<long long>(w.config.streams()),
+                      static_cast<long long>(cap), u50, u99, a50, a99, a99 / u50, r.admitting_ms.size(),
+                      r.long_prompt_first_token_ms);
+          std::fflush(stdout);
+        }
+      }
       return 0;
     }
 

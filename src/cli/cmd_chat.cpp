@@ -1,8 +1,11 @@
 // `parscale chat --model DIR`: interactive multi-turn chat with the tokenizer's chat template.
 // Reads one user message per line from stdin (`/reset` clears the history, `/exit` or EOF quits),
-// streams the assistant's reply to stdout. The KV cache is kept across turns: each turn renders
-// the whole conversation, and only the tokens after the part already in the cache are computed.
+// streams the assistant's reply to stdout. Runs on the serving Engine: each turn submits the whole
+// conversation (chat template rendered) as one request, so a reply equals `generate --messages` of
+// the same conversation; the engine's prefix cache keeps the pages of the earlier turns (prompt and
+// reply), so a turn computes only its new tokens.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -11,8 +14,9 @@
 #include "cli/common.h"
 #include "cli/registry.h"
 #include "core/error.h"
+#include "engine/engine.h"
 #include "engine/generate.h"
-#include "engine/session.h"
+#include "model/kv_pool.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -50,17 +54,21 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
     if (!tok.has_chat_template()) throw Error("chat: the tokenizer has no chat_template (tokenizer_config.json)");
     ModelWeights w = o->model.load();
     o->gen.sampling.validate();
-    GenerateOptions gen = o->gen;
-    gen.eos_ids = cli::eos_ids_for(w.config, tok);
+    const std::vector<int64_t> eos_ids = cli::eos_ids_for(w.config, tok);
     const int64_t context = std::min<int64_t>(o->context, w.config.max_position_embeddings);
-    SessionOptions so;
-    so.kv_dtype = o->model.kv();
-    Session session(w, 1, context, so);
-    Sampler sampler(gen.sampling, 0);
+    // One request at a time; the pool holds one conversation of `context` tokens. What the
+    // previous turn computed (prompt and reply) stays in the prefix cache, so each turn computes
+    // only the tokens after it; the cache is evicted page by page when the pool runs short.
+    EngineOptions eo;
+    eo.kv_dtype = o->model.kv();
+    eo.max_running = 1;
+    eo.max_queue = 1;
+    eo.batch_rows = std::max<int64_t>(eo.batch_rows, w.config.streams());
+    eo.kv_memory_bytes = w.config.streams() * ((context + eo.page_tokens - 1) / eo.page_tokens) *
+                         KvPool::page_bytes(w.config, eo.kv_dtype, eo.page_tokens);
+    Engine engine(w.backbone, w.adapter, {}, eo);
     std::vector<ChatMessage> history;
     if (!o->system.empty()) history.push_back({"system", o->system});
-    std::vector<int32_t> cached;  // tokens whose K/V are in the session
-    std::vector<int32_t> seen;
     if (!o->quiet)
       std::fprintf(stderr, "parscale chat: P = %lld streams, context %lld tokens. /reset clears, /exit quits.\n",
                    static_cast<long long>(w.config.streams()), static_cast<long long>(context));
@@ -75,41 +83,47 @@ parscale::cli::RegisterCommand reg("chat", "interactive multi-turn chat (one use
       }
       if (line.empty()) continue;
       history.push_back({"user", line});
-      std::vector<int32_t> ids = tok.encode(tok.apply_chat_template(history, true, {{"enable_thinking", o->enable_thinking}}), /*parse_special=*/true);
-      // Reuse the cached prefix when the rendering extends it; else start over.
-      size_t common = 0;
-      while (common < cached.size() && common < ids.size() && cached[common] == ids[common]) ++common;
-      if (common < cached.size() || common == ids.size()) {
-        session.reset(0);
-        cached.clear();
-        seen.clear();
-        common = 0;
-      }
-      std::vector<int32_t> fresh(ids.begin() + static_cast<std::ptrdiff_t>(common), ids.end());
-      if (static_cast<int64_t>(ids.size()) + 1 > context) {
-        std::fprintf(stderr, "parscale: the conversation (%zu tokens) no longer fits the context of %lld tokens; use /reset or --context\n",
-                     ids.size(), static_cast<long long>(context));
+      // The whole conversation, rendered, is the turn's prompt (as `generate --messages` sees it).
+      EngineRequest req;
+      req.prompt = tok.encode(tok.apply_chat_template(history, true, {{"enable_thinking", o->enable_thinking}}),
+                              /*parse_special=*/true);
+      const int64_t n = static_cast<int64_t>(req.prompt.size());
+      if (n + 1 > context) {
+        std::fprintf(stderr, "parscale: the conversation (%lld tokens) no longer fits the context of %lld tokens; use /reset or --context\n",
+                     static_cast<long long>(n), static_cast<long long>(context));
         history.pop_back();
         continue;
       }
-      GenerateOptions turn = gen;
-      turn.max_tokens = std::min<int64_t>(gen.max_tokens, context - static_cast<int64_t>(ids.size()));
+      req.max_tokens = std::min<int64_t>(o->gen.max_tokens, context - n);
+      req.sampling = o->gen.sampling;
+      req.eos_ids = eos_ids;
+      std::shared_ptr<RequestHandle> handle = engine.submit(std::move(req));
       StreamDecoder dec(tok, /*skip_special=*/true);
-      ContinueResult r = generate_continue(session, 0, fresh, turn, sampler, seen, [&](int32_t id) {
-        std::string piece = dec.push(id);
-        std::fwrite(piece.data(), 1, piece.size(), stdout);
-        std::fflush(stdout);
-      });
+      std::vector<int32_t> reply;
+      FinishReason finish = FinishReason::Length;
+      std::string error;
+      EngineEvent ev;
+      while (handle->next(ev, std::chrono::hours(24))) {
+        if (ev.kind == EngineEvent::Kind::Token) {
+          reply.push_back(ev.token);
+          std::string piece = dec.push(ev.token);
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
+          std::fflush(stdout);
+        } else if (ev.kind == EngineEvent::Kind::Finished) {
+          finish = ev.finish;
+          error = ev.error;
+        }
+      }
       std::string tail = dec.flush();
       std::fwrite(tail.data(), 1, tail.size(), stdout);
       std::fputc('\n', stdout);
       std::fflush(stdout);
-      cached = ids;
-      cached.insert(cached.end(), r.ids.begin(), r.ids.end() - 1);  // the last id was not fed
-      std::vector<int32_t> reply = r.ids;
-      if (r.stop == StopReason::Eos && !reply.empty()) reply.pop_back();
+      if (finish == FinishReason::Cancelled) throw Error("chat: the engine stopped the reply");
+      if (finish == FinishReason::Error) throw Error("chat: " + error);
+      if (finish == FinishReason::Stop && !reply.empty()) reply.pop_back();
       history.push_back({"assistant", tok.decode(reply, /*skip_special=*/true)});
-      if (r.stop == StopReason::ContextLimit)
+      if (finish == FinishReason::ContextLimit ||
+          (finish == FinishReason::Length && static_cast<int64_t>(reply.size()) < o->gen.max_tokens))
         std::fprintf(stderr, "parscale: reply stopped at the context limit (%lld tokens)\n", static_cast<long long>(context));
     }
     return 0;

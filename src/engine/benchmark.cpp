@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "engine/batch_forward.h"
 #include "engine/sampling.h"
+#include "engine/scheduler.h"
 #include "engine/session.h"
 #include "kernels/kernels.h"
 
@@ -385,6 +386,107 @@ MixResult run_mix(const ModelWeights& backbone, const std::vector<MixEntry>& mix
     single.length += 1;
     single.chunk = {argmax(out.logits.data(), V)};
   }
+  return r;
+}
+
+namespace {
+class ForwardRunner : public StepRunner {
+ public:
+  ForwardRunner(const Backbone& b, KvPool& pool) : forward_(b, pool) {}
+  void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override { forward_.run(batch, out); }
+
+ private:
+  BatchForward forward_;
+};
+}  // namespace
+
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const double rank = std::ceil(q * static_cast<double>(v.size()));
+  const size_t i = static_cast<size_t>(std::clamp(rank, 1.0, static_cast<double>(v.size()))) - 1;
+  return v[i];
+}
+
+InterferenceResult run_interference(const ModelWeights& w, const InterferenceOptions& o) {
+  const ModelConfig& c = w.config;
+  const int64_t P = c.streams(), V = c.vocab_size, PT = o.page_tokens;
+  check(o.decoders > 0 && o.decoder_prompt > 0 && o.long_prompt > 0 && o.undisturbed_steps > 0,
+        "interference benchmark: decoders, prompt lengths and steps must be > 0");
+  check(o.long_prompt + 1 <= c.max_position_embeddings,
+        "interference benchmark: the long prompt (" + std::to_string(o.long_prompt) + " tokens) exceeds the context of " +
+            std::to_string(c.max_position_embeddings));
+  // Steps the long prompt needs at most: one token a step at worst.
+  const int64_t cap = o.prefill_rows_while_decoding > 0 ? o.prefill_rows_while_decoding : o.batch_rows;
+  const int64_t per_step = std::max<int64_t>(1, std::min(cap, o.batch_rows - o.decoders * P) / P);
+  const int64_t admit_steps = (o.long_prompt + per_step - 1) / per_step;
+  const int64_t decode_tokens = 2 + o.undisturbed_steps + admit_steps + 2;
+  check(o.decoder_prompt + decode_tokens <= c.max_position_embeddings,
+        "interference benchmark: the decoding sequences outgrow the context");
+  const int64_t pages = P * (o.decoders * ((o.decoder_prompt + decode_tokens + PT - 1) / PT) + (o.long_prompt + PT) / PT + 1);
+  KvPool pool(c, o.kv_dtype, PT, pages);
+  ForwardRunner runner(w.bb(), pool);
+  EngineOptions eo;
+  eo.page_tokens = PT;
+  eo.kv_dtype = o.kv_dtype;
+  eo.batch_rows = o.batch_rows;
+  eo.prefill_rows_while_decoding = o.prefill_rows_while_decoding;
+  eo.prefix_cache = false;
+  Scheduler sched(c, {{P, w.adapter.get()}}, pool, runner, eo);
+  auto prompt = [&](int64_t k, int64_t n) {
+    std::vector<int32_t> p;
+    for (int64_t t = 0; t < n; ++t)
+      p.push_back(static_cast<int32_t>((0.5f + 0.5f * uniform_pm1(o.seed + 29, static_cast<uint64_t>(k * 100003 + t))) *
+                                       static_cast<float>(V - 1)));
+    return p;
+  };
+  uint64_t id = 0;
+  auto submit = [&](std::vector<int32_t> tokens, int64_t max_tokens) {
+    EngineRequest r;
+    r.prompt = std::move(tokens);
+    r.max_tokens = max_tokens;
+    r.ignore_eos = true;
+    r.sampling.temperature = 0.0f;
+    sched.validate(r);
+    auto h = std::make_shared<RequestHandle>(++id);
+    sched.add(std::move(r), h, Scheduler::Clock::now());
+    return h;
+  };
+  std::vector<std::shared_ptr<RequestHandle>> decoders;
+  for (int64_t k = 0; k < o.decoders; ++k) decoders.push_back(submit(prompt(k, o.decoder_prompt), decode_tokens));
+  // Warm up (not timed): the decoders' prompts, until every decoder has its first token.
+  EngineEvent ev;
+  std::vector<bool> started(decoders.size(), false);
+  for (bool all = false; !all;) {
+    sched.step();
+    all = true;
+    for (size_t k = 0; k < decoders.size(); ++k) {
+      while (decoders[k]->next(ev, std::chrono::milliseconds(0))) started[k] = true;
+      all = all && started[k];
+    }
+  }
+  sched.step();
+  InterferenceResult r;
+  for (int64_t s = 0; s < o.undisturbed_steps; ++s) {
+    const double t0 = now_seconds();
+    sched.step();
+    r.undisturbed_ms.push_back((now_seconds() - t0) * 1e3);
+  }
+  auto long_req = submit(prompt(o.decoders, o.long_prompt), 1);
+  const double t_submit = now_seconds();
+  bool first = false;
+  while (!first) {
+    check(static_cast<int64_t>(r.admitting_ms.size()) <= admit_steps,
+          "interference benchmark: internal error: the long prompt took more steps than planned");
+    const double t0 = now_seconds();
+    sched.step();
+    r.admitting_ms.push_back((now_seconds() - t0) * 1e3);
+    while (long_req->next(ev, std::chrono::milliseconds(0)))
+      if (ev.kind == EngineEvent::Kind::Token) first = true;
+  }
+  r.long_prompt_first_token_ms = (now_seconds() - t_submit) * 1e3;
+  check(sched.running() == o.decoders, "interference benchmark: internal error: a decoding sequence stopped early");
+  sched.cancel_all();
   return r;
 }
 

@@ -87,3 +87,34 @@ struct MixResult {
 MixResult run_mix(const ModelWeights& backbone, const std::vector<MixEntry>& mix, const MixOptions& options);
 
 }  // namespace parscale::bench
+
+namespace parscale::bench {
+
+// Decode latency under a long prompt, through the real scheduler and model pass: `decoders`
+// sequences decode (undisturbed steps timed), then one `long_prompt`-token prompt is submitted and
+// every step until its first token is timed (the decoders keep decoding beside its chunks).
+struct InterferenceOptions {
+  int64_t decoders = 4;
+  int64_t decoder_prompt = 32;       // prompt tokens of each decoding sequence
+  int64_t long_prompt = 2000;
+  int64_t undisturbed_steps = 16;    // timed steps before the long prompt arrives
+  int64_t batch_rows = 512;
+  int64_t prefill_rows_while_decoding = 8;   // EngineOptions' cap (0 = none)
+  int64_t page_tokens = 64;
+  DType kv_dtype = DType::BF16;
+  uint64_t seed = 1234;
+};
+
+struct InterferenceResult {
+  std::vector<double> undisturbed_ms;  // one scheduler step each
+  std::vector<double> admitting_ms;    // steps while the long prompt is admitted (to its first token)
+  double long_prompt_first_token_ms = 0;  // submit -> first token of the long prompt
+};
+
+// `w`: the model (its own P and adapter).
+InterferenceResult run_interference(const ModelWeights& w, const InterferenceOptions& options);
+
+// The q-quantile (0..1, nearest rank) of v; 0 for an empty v.
+double quantile(std::vector<double> v, double q);
+
+}  // namespace parscale::bench

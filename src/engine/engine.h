@@ -48,6 +48,11 @@ struct EngineOptions {
   DType kv_dtype = DType::F32;   // F32, BF16 or F16
   int64_t page_tokens = 64;      // token slots per page (one attention key block)
   int64_t batch_rows = 512;      // stream rows (tokens x streams) per forward pass at most
+  // Prompt (prefill) rows per pass at most while any sequence is decoding, so a long prompt is
+  // admitted in chunks beside the decode tokens instead of stalling them; the first prompt chunk
+  // of a pass gets at least one token. 0: no cap (batch_rows). With no sequence decoding, prompts
+  // get the whole batch_rows.
+  int64_t prefill_rows_while_decoding = 8;  // docs/SCHEDULER.md: measured choice
   int64_t max_running = 64;      // sequences in the running batch at most
   int64_t max_queue = 1024;      // waiting requests at most; submit() refuses beyond
   bool prefix_cache = true;      // reuse full KV pages of earlier prompts with the same tokens
@@ -65,6 +70,8 @@ enum class FinishReason {
   Length,        // max_tokens generated
   ContextLimit,  // the sequence reached max_position_embeddings
   Cancelled,     // cancel() / shutdown without finishing
+  Error,         // the model pass failed (threw) or gave a logits row with NaN / +inf;
+                 // EngineEvent::error says what happened
 };
 const char* finish_reason_name(FinishReason r);
 
@@ -108,6 +115,7 @@ struct EngineEvent {
   FinishReason finish = FinishReason::Length;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   int64_t cached_prompt_tokens = 0;  // prompt tokens taken from the prefix cache (not computed)
+  std::string error;                 // Finished(Error): what went wrong, else ""
 };
 
 // The client's end of one request. Thread-safe.

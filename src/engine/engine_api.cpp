@@ -12,6 +12,7 @@ const char* finish_reason_name(FinishReason r) {
     case FinishReason::Length: return "length";
     case FinishReason::ContextLimit: return "context_limit";
     case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Error: return "error";
   }
   return "unknown";
 }

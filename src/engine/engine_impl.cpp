@@ -91,10 +91,11 @@ void Engine::Impl::loop() {
     if (cancel) scheduler_->cancel_all();
     try {
       scheduler_->step();
-    } catch (const std::exception&) {
-      // A failed model pass leaves the step's sequences in an unknown state: end every request
-      // (Finished(Cancelled)) rather than serve wrong tokens; the engine keeps serving new ones.
-      scheduler_->cancel_all();
+    } catch (const std::exception& e) {
+      // A failed model pass leaves the running sequences in an unknown state: end them
+      // (Finished(Error)) rather than serve wrong tokens; queued requests stay, and the engine
+      // keeps serving.
+      scheduler_->fail_running(std::string("the model pass failed: ") + e.what());
     }
     {
       std::lock_guard<std::mutex> lk(mu_);

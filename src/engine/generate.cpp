@@ -6,7 +6,6 @@
 
 #include "core/error.h"
 #include "engine/engine.h"
-#include "engine/session.h"
 #include "model/kv_pool.h"
 
 namespace parscale {
@@ -100,6 +99,7 @@ GenerateResult generate(const ModelWeights& w, const std::vector<std::vector<int
               break;
             case FinishReason::ContextLimit: res.stop[static_cast<size_t>(b)] = StopReason::ContextLimit; break;
             case FinishReason::Cancelled: throw Error("generate: the engine stopped sequence " + std::to_string(b));
+            case FinishReason::Error: throw Error("generate: sequence " + std::to_string(b) + ": " + ev.error);
           }
           break;
         }
@@ -116,44 +116,6 @@ GenerateResult generate(const ModelWeights& w, const std::vector<std::vector<int
   int64_t most = 0;
   for (const auto& ids : res.ids) most = std::max<int64_t>(most, static_cast<int64_t>(ids.size()));
   res.decode_steps = std::max<int64_t>(0, most - 1);
-  return res;
-}
-
-ContinueResult generate_continue(Session& session, int64_t b, const std::vector<int32_t>& new_tokens,
-                                 const GenerateOptions& opt, Sampler& sampler, std::vector<int32_t>& seen,
-                                 const std::function<void(int32_t)>& on_token) {
-  const ModelConfig& c = session.weights().config;
-  const int64_t V = c.vocab_size, B = session.batch();
-  check(!new_tokens.empty(), "generate: nothing to feed");
-  check(b >= 0 && b < B, "generate: sequence index out of range");
-  const std::vector<int64_t>& eos = opt.eos_ids.empty() ? c.eos_token_ids : opt.eos_ids;
-  ContinueResult res;
-  if (session.length(b) + static_cast<int64_t>(new_tokens.size()) > session.max_len())
-    throw Error("the conversation (" + std::to_string(session.length(b) + static_cast<int64_t>(new_tokens.size())) +
-                " tokens) exceeds the context of " + std::to_string(session.max_len()) + " tokens");
-  std::vector<std::vector<int32_t>> chunks(static_cast<size_t>(B));
-  chunks[static_cast<size_t>(b)] = new_tokens;
-  seen.insert(seen.end(), new_tokens.begin(), new_tokens.end());
-  std::vector<float> logits;
-  session.forward(chunks, Session::Outputs::LastPosition, logits);
-  while (static_cast<int64_t>(res.ids.size()) < opt.max_tokens) {
-    const int32_t id = sampler.sample(logits.data(), V, seen);
-    res.ids.push_back(id);
-    seen.push_back(id);
-    if (on_token) on_token(id);
-    if (!opt.ignore_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
-      res.stop = StopReason::Eos;
-      return res;
-    }
-    if (static_cast<int64_t>(res.ids.size()) >= opt.max_tokens) break;
-    if (session.length(b) >= session.max_len()) {
-      res.stop = StopReason::ContextLimit;
-      return res;
-    }
-    chunks[static_cast<size_t>(b)] = {id};
-    session.forward(chunks, Session::Outputs::LastPosition, logits);
-  }
-  res.stop = StopReason::MaxTokens;
   return res;
 }
 

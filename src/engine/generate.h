@@ -1,5 +1,5 @@
-// Batched generation over a Session: prefill every prompt in one pass, then one decode step per
-// token for all unfinished sequences together (B·P rows per step).
+// Batched generation on the serving Engine: every prompt is one request, all run together (the
+// same scheduler, sampler seeding and stop rules as `parscale serve`).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -34,19 +34,5 @@ struct GenerateResult {
 GenerateResult generate(const ModelWeights& weights, const std::vector<std::vector<int32_t>>& prompts,
                         const GenerateOptions& options,
                         const std::function<void(int64_t, int32_t)>& on_token = nullptr);
-
-class Session;
-
-// Continues sequence b of an existing session: feeds `new_tokens` (non-empty) after what the
-// session already holds, then samples up to options.max_tokens tokens. `seen` (the ids the
-// repetition penalty looks at) is extended with new_tokens and the generated ids. Used by chat,
-// where each turn appends to the cached conversation instead of recomputing it.
-struct ContinueResult {
-  std::vector<int32_t> ids;
-  StopReason stop = StopReason::MaxTokens;
-};
-ContinueResult generate_continue(Session& session, int64_t b, const std::vector<int32_t>& new_tokens,
-                                 const GenerateOptions& options, Sampler& sampler, std::vector<int32_t>& seen,
-                                 const std::function<void(int32_t)>& on_token = nullptr);
 
 }  // namespace parscale

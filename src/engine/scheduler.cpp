@@ -74,6 +74,8 @@ Scheduler::Scheduler(const ModelConfig& config, std::vector<SchedulerModel> mode
       page_tokens_(pool.page_tokens()), vocab_(config.vocab_size) {
   check(!models_.empty(), "engine: no model to serve");
   check(options_.batch_rows > 0, "engine: batch_rows must be > 0, found " + std::to_string(options_.batch_rows));
+  check(options_.prefill_rows_while_decoding >= 0,
+        "engine: prefill_rows_while_decoding must be >= 0, found " + std::to_string(options_.prefill_rows_while_decoding));
   check(options_.max_running > 0, "engine: max_running must be > 0, found " + std::to_string(options_.max_running));
   step_seconds_.bounds = latency_bounds();
   step_seconds_.counts.assign(step_seconds_.bounds.size() + 1, 0);
@@ -216,8 +218,8 @@ void Scheduler::clear_prefix_cache() {
   }
 }
 
-void Scheduler::cache_insert(Sequence& seq) {
-  const int64_t full = std::min(seq.computed, seq.prompt_len) / page_tokens_;
+void Scheduler::cache_insert(Sequence& seq, int64_t tokens) {
+  const int64_t full = std::min(seq.computed, tokens) / page_tokens_;
   uint64_t key = seq.cache_tail >= 0 ? entries_.at(seq.cache_tail).key : root_key(seq.req.model);
   while (seq.cache_pages < full) {
     const int64_t i = seq.cache_pages;
@@ -350,7 +352,12 @@ bool Scheduler::grow(size_t index, int64_t tokens) {
 
 // ---- events ----
 
-void Scheduler::finish(Sequence& seq, FinishReason reason) {
+void Scheduler::finish(Sequence& seq, FinishReason reason, const std::string& error) {
+  // A request that ended normally leaves the full pages of everything it computed (prompt and
+  // the generated tokens fed back; the last sampled token has no K/V) in the prefix cache, so a
+  // follow-up turn (prompt + answer + new text) computes only its new tokens.
+  if (options_.prefix_cache && (reason == FinishReason::Stop || reason == FinishReason::Length))
+    cache_insert(seq, seq.computed);
   release_pages(seq);
   seq.done = true;
   EngineEvent e;
@@ -359,6 +366,7 @@ void Scheduler::finish(Sequence& seq, FinishReason reason) {
   e.prompt_tokens = seq.prompt_len;
   e.generated_tokens = seq.generated;
   e.cached_prompt_tokens = seq.cached_prompt_tokens;
+  e.error = error;
   seq.handle->push(std::move(e));
 }
 
@@ -370,7 +378,8 @@ bool Scheduler::pick(Sequence& seq, const float* logits, std::vector<float>& scr
     e.token = seq.sampler.sample(scratch.data(), vocab_, seq.tokens, static_cast<size_t>(seq.prompt_len));
     e.logprob = logprob_and_top(logits, vocab_, std::max(0, seq.req.top_logprobs), e.token,
                                 seq.req.top_logprobs > 0 ? &e.top : nullptr);
-  } catch (const Error&) {
+  } catch (const Error& err) {
+    e.error = std::string("the model's logits for the next token are broken: ") + err.what();
     return false;
   }
   return true;
@@ -379,7 +388,7 @@ bool Scheduler::pick(Sequence& seq, const float* logits, std::vector<float>& scr
 void Scheduler::emit_token(Sequence& seq, EngineEvent e, bool ok, const float* weights) {
   if (!ok) {
     // A broken logits row (NaN / +inf) ends this request only.
-    finish(seq, FinishReason::Cancelled);
+    finish(seq, FinishReason::Error, e.error);
     return;
   }
   const int32_t id = e.token;
@@ -399,6 +408,12 @@ void Scheduler::emit_token(Sequence& seq, EngineEvent e, bool ok, const float* w
     finish(seq, FinishReason::Length);
   else if (static_cast<int64_t>(seq.tokens.size()) >= config_.max_position_embeddings)
     finish(seq, FinishReason::ContextLimit);
+}
+
+void Scheduler::fail_running(const std::string& error) {
+  for (auto& s : running_)
+    if (!s->done) finish(*s, FinishReason::Error, error);  // (done: finished before the throw)
+  running_.clear();
 }
 
 void Scheduler::cancel_all() {
@@ -441,17 +456,31 @@ void Scheduler::step() {
     if (da) return a->last_served < b->last_served || (a->last_served == b->last_served && a->admitted < b->admitted);
     return a->admitted < b->admitted;
   });
+  // While any sequence decodes, prompt rows are capped (prefill_rows_while_decoding) so that a
+  // long prompt enters in small chunks and the decode step stays short; the first prefill chunk
+  // of a step always gets at least one token, so prompts progress whatever the cap.
   std::vector<std::pair<Sequence*, int64_t>> plan;
   int64_t budget = options_.batch_rows;
+  const bool decoding = std::any_of(order.begin(), order.end(), [](const Sequence* s) { return s->remaining() == 1; });
+  int64_t prefill_budget = decoding && options_.prefill_rows_while_decoding > 0 ? options_.prefill_rows_while_decoding
+                                                                                 : options_.batch_rows;
+  bool prefill_planned = false;
   for (Sequence* s : order) {
     if (s->preempted) continue;
-    const int64_t n = std::min(s->remaining(), budget / s->streams);
+    const bool prefill = s->remaining() > 1;
+    int64_t rows_allowed = budget;
+    if (prefill) rows_allowed = std::min(budget, prefill_planned ? prefill_budget : std::max(prefill_budget, s->streams));
+    const int64_t n = std::min(s->remaining(), rows_allowed / s->streams);
     if (n <= 0) continue;
     size_t index = 0;
     while (running_[index].get() != s) ++index;
     if (!grow(index, s->computed + n)) continue;
     plan.emplace_back(s, n);
     budget -= n * s->streams;
+    if (prefill) {
+      prefill_budget -= n * s->streams;
+      prefill_planned = true;
+    }
   }
   std::erase_if(plan, [](const auto& p) { return p.first->preempted; });
 
@@ -513,7 +542,7 @@ void Scheduler::step() {
     Sequence& s = *chunk_seq_[i];
     s.computed += chunks_[i].n_new;
     s.last_served = static_cast<uint64_t>(steps_);
-    if (options_.prefix_cache) cache_insert(s);
+    if (options_.prefix_cache) cache_insert(s, s.prompt_len);
     if (s.computed < static_cast<int64_t>(s.tokens.size())) continue;
     if (!s.prompt_done) {
       s.prompt_done = true;

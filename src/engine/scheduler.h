@@ -10,7 +10,7 @@
 //
 // Pages: a sequence of P streams has P block tables; row s holds ceil(len / page_tokens) pages
 // for the len tokens it has computed or is about to compute. Prompt-prefix cache: full pages of
-// prompts (all P tables of one page index form one entry) are kept per model index, keyed by a
+// prompts, and of prompt + generated tokens once a request finishes normally (all P tables of one page index form one entry) are kept per model index, keyed by a
 // hash chain of their token ids, verified against the stored tokens and the parent entry.
 #pragma once
 #include <chrono>
@@ -53,6 +53,9 @@ class Scheduler {
   bool idle() const { return running_.empty() && waiting_.empty(); }
   // Finishes every running and waiting request with Finished(Cancelled).
   void cancel_all();
+  // After a failed step (the model pass threw): finishes every running request with
+  // Finished(Error, error); waiting requests (no pages, nothing computed) stay queued.
+  void fail_running(const std::string& error);
   // Drops every prefix-cache entry (pages still held by sequences stay).
   void clear_prefix_cache();
 
@@ -85,8 +88,9 @@ class Scheduler {
   std::vector<int64_t> cache_lookup(int64_t model, const std::vector<int32_t>& tokens, int64_t max_pages) const;
   int64_t evictable_pages() const;
   bool evict_one();
-  // Registers seq's computed full prompt pages in the cache.
-  void cache_insert(Sequence& seq);
+  // Registers seq's computed full pages among its first `tokens` tokens in the cache (the prompt
+  // while it runs; everything computed when it finishes normally).
+  void cache_insert(Sequence& seq, int64_t tokens);
   void remove_entry(int64_t id);
   void touch(int64_t id, CacheEntry& e);  // marks e most recently used
 
@@ -96,7 +100,7 @@ class Scheduler {
   bool grow(size_t index, int64_t tokens);
   void preempt(size_t index);
   void release_pages(Sequence& seq);
-  void finish(Sequence& seq, FinishReason reason);
+  void finish(Sequence& seq, FinishReason reason, const std::string& error = "");
   // The next token of seq from its logits row [V] (sampler, log-probabilities) into e; false on
   // a broken row. Touches only seq and scratch: sequences are picked in parallel.
   bool pick(Sequence& seq, const float* logits, std::vector<float>& scratch, EngineEvent& e) const;

@@ -596,6 +596,7 @@ ChoiceDelta ChoiceTracker::on_event(const EngineEvent& e) {
           case FinishReason::Length:
           case FinishReason::ContextLimit: d.finish_reason = "length"; break;
           case FinishReason::Cancelled: d.finish_reason = "cancelled"; break;
+          case FinishReason::Error: d.finish_reason = "error"; break;
         }
       }
       break;
