@@ -244,7 +244,7 @@ void check_context(GenerationRequest& r, const ParseContext& ctx, bool max_token
                    "the prompt has " + std::to_string(L) + " tokens; the model's context is " + std::to_string(ctx.max_context),
                    r.chat ? "messages" : "prompt", "context_length_exceeded");
   if (!max_tokens_given && r.chat) r.max_tokens = ctx.max_context - L;
-  if (L + r.max_tokens > ctx.max_context)
+  if (r.max_tokens > ctx.max_context - L)  // not L + max_tokens: max_tokens may be near INT64_MAX
     throw ApiError(400, "invalid_request_error",
                    "the prompt (" + std::to_string(L) + " tokens) plus max_tokens (" + std::to_string(r.max_tokens) +
                        ") exceeds the model's context of " + std::to_string(ctx.max_context) + " tokens",
