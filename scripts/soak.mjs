@@ -133,7 +133,11 @@ const KINDS = {
   health_models_metrics: [3, () => ({ bytes: Buffer.from(`GET ${pick(["/health", "/v1/models", "/metrics"])} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`) }), ok],
   slow_sender: [4, () => ({ bytes: post("/v1/completions", completion(false)), opts: { sendChunks: 8, pauseMs: 250 } }), ok],
   slow_reader: [4, () => ({ bytes: post("/v1/chat/completions", chat(true)), opts: { readPauseMs: 200 } }), ok],
-  disconnect_mid_stream: [8, () => ({ bytes: post(pick(["/v1/completions", "/v1/chat/completions"]), { ...(rand() < 0.5 ? completion(true) : chat(true)), max_tokens: 200, max_completion_tokens: 200 }), opts: { disconnectAfter: int(200, 900) } }),
+  disconnect_mid_stream: [8, () => {
+    const isChat = rand() < 0.5;  // the body must match the route (a mismatch is a 400, not a stream)
+    const body = { ...(isChat ? chat(true) : completion(true)), max_tokens: 200, max_completion_tokens: 200 };
+    return { bytes: post(isChat ? "/v1/chat/completions" : "/v1/completions", body), opts: { disconnectAfter: int(200, 900) } };
+  },
     (s, r) => s === 200 || (s === 0 && r.cut === "client")],
   disconnect_before_response: [3, () => ({ bytes: post("/v1/completions", completion(false)), opts: { disconnectAfter: 1, sendChunks: 2, pauseMs: 50 } }), (s) => s === 200 || s === 0],
 };
