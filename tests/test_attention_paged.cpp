@@ -11,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "kernels/kernels.h"
+#include "kernel_test_util.h"
 
 using namespace parscale;
 using namespace parscale::kernels;
@@ -77,13 +78,6 @@ Fixture make(const Case& c, DType dtype, uint64_t seed) {
   return s;
 }
 
-std::vector<KernelPath> paths() {
-  std::vector<KernelPath> out;
-  for (KernelPath p : {KernelPath::Scalar, KernelPath::AVX2, KernelPath::AVX512})
-    if (kernel_path_supported(p)) out.push_back(p);
-  return out;
-}
-
 struct PathGuard {
   KernelPath saved = active_kernel_path();
   ~PathGuard() { set_kernel_path(saved); }
@@ -100,7 +94,7 @@ const std::vector<Case> kCases = {
 
 TEST(AttentionPaged, MatchesReferenceOnEveryPathAndKvDtype) {
   PathGuard guard;
-  for (KernelPath path : paths()) {
+  for (KernelPath path : test::supported_paths()) {
     set_kernel_path(path);
     for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
       for (size_t ci = 0; ci < kCases.size(); ++ci) {
@@ -122,7 +116,7 @@ TEST(AttentionPaged, MatchesReferenceOnEveryPathAndKvDtype) {
 
 TEST(AttentionPaged, TokenResultIndependentOfOtherTokens) {
   PathGuard guard;
-  for (KernelPath path : paths()) {
+  for (KernelPath path : test::supported_paths()) {
     set_kernel_path(path);
     const Case& c = kCases[2];
     Fixture s = make(c, DType::BF16, 5);

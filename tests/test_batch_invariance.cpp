@@ -12,18 +12,15 @@
 
 #include "core/dtype.h"
 #include "kernels/kernels.h"
+#include "kernel_test_util.h"
 
 using namespace parscale;
 using namespace parscale::kernels;
 
 namespace {
 
-std::vector<KernelPath> supported_paths() {
-  std::vector<KernelPath> v;
-  for (KernelPath p : {KernelPath::Scalar, KernelPath::AVX2, KernelPath::AVX512})
-    if (kernel_path_supported(p)) v.push_back(p);
-  return v;
-}
+using test::randn;
+using test::supported_paths;
 
 class BatchInvariance : public ::testing::Test {
  protected:
@@ -31,14 +28,6 @@ class BatchInvariance : public ::testing::Test {
   void TearDown() override { set_kernel_path(saved_); }
   KernelPath saved_ = KernelPath::Scalar;
 };
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
 
 struct TestWeight {
   std::vector<uint8_t> bytes;

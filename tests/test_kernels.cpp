@@ -10,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "kernels/kernels.h"
+#include "kernel_test_util.h"
 #include "kernels/prefetch.h"
 
 using namespace parscale;
@@ -17,12 +18,8 @@ using namespace parscale::kernels;
 
 namespace {
 
-std::vector<KernelPath> supported_paths() {
-  std::vector<KernelPath> v;
-  for (KernelPath p : {KernelPath::Scalar, KernelPath::AVX2, KernelPath::AVX512})
-    if (kernel_path_supported(p)) v.push_back(p);
-  return v;
-}
+using test::randn;
+using test::supported_paths;
 
 // Restores the active path after each test.
 class KernelPaths : public ::testing::Test {
@@ -31,14 +28,6 @@ class KernelPaths : public ::testing::Test {
   void TearDown() override { set_kernel_path(saved_); }
   KernelPath saved_ = KernelPath::Scalar;
 };
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
 
 // A weight matrix in `dtype` (I8: per-block symmetric quantisation with fp32 scales).
 struct TestWeight {

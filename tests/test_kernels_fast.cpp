@@ -12,11 +12,15 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "kernel_test_util.h"
 
 using namespace parscale;
 using namespace parscale::kernels;
 
 namespace {
+
+using test::randn;
+using test::supported_paths;
 
 class FastMode : public ::testing::Test {
  protected:
@@ -31,14 +35,6 @@ class FastMode : public ::testing::Test {
   KernelPath saved_ = KernelPath::Scalar;
   ComputeMode saved_mode_ = ComputeMode::Exact;
 };
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
 
 struct Bf16Weight {
   std::vector<uint16_t> bits;
