@@ -51,27 +51,38 @@ void embed_tokens(const Backbone& b, const int32_t* ids, int64_t N, float* x) {
 }
 
 void decoder_layer_forward(const Backbone& b, int64_t l, KvPool& pool, const TokenRows& rows, float* x,
-                           ForwardWorkspace& ws) {
+                           ForwardWorkspace& ws, const LayerTape* tape) {
   const ModelConfig& c = b.config;
   const BackboneLayer& L = b.layers[static_cast<size_t>(l)];
   const int64_t N = rows.n, H = c.hidden_size, KD = c.kv_dim(), D = c.head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
   const kernels::PagedKV kv = paged_layer(pool, c, l);
+  // Where each intermediate goes: the tape's buffers when recording, else the workspace's.
+  float* xn1 = tape ? tape->xn1 : ws.xn.data();
+  float* q = tape ? tape->q : ws.q.data();
+  float* k = tape ? tape->k : ws.k.data();
+  float* v = tape ? tape->v : ws.v.data();
+  float* attn = tape ? tape->attn : ws.attn.data();
+  float* xn2 = tape ? tape->xn2 : ws.xn.data();
 
   // Attention block: x += o_proj(attn(rope(q), rope(k), v)) of rmsnorm(x).
-  kernels::rmsnorm(x, L.input_norm, ws.xn.data(), N, H, eps);
-  const kernels::MatmulOut qkv[3] = {{&L.q_proj, L.q_bias, ws.q.data()},
-                                     {&L.k_proj, L.k_bias, ws.k.data()},
-                                     {&L.v_proj, L.v_bias, ws.v.data()}};
-  kernels::matmul_multi(ws.xn.data(), N, qkv, 3);
+  kernels::rmsnorm(x, L.input_norm, xn1, N, H, eps);
   if (c.qk_norm) {  // Qwen3: RMSNorm of every head's q and k (rows of D values), before RoPE
-    kernels::rmsnorm(ws.q.data(), L.q_norm, ws.q.data(), N * c.num_attention_heads, D, eps);
-    kernels::rmsnorm(ws.k.data(), L.k_norm, ws.k.data(), N * c.num_key_value_heads, D, eps);
+    float* qp = tape ? tape->qpre : q;  // without a tape the norm runs in place
+    float* kp = tape ? tape->kpre : k;
+    const kernels::MatmulOut qkv[3] = {{&L.q_proj, L.q_bias, qp}, {&L.k_proj, L.k_bias, kp}, {&L.v_proj, L.v_bias, v}};
+    kernels::matmul_multi(xn1, N, qkv, 3);
+    kernels::rmsnorm(qp, L.q_norm, q, N * c.num_attention_heads, D, eps);
+    kernels::rmsnorm(kp, L.k_norm, k, N * c.num_key_value_heads, D, eps);
+  } else {
+    const kernels::MatmulOut qkv[3] = {{&L.q_proj, L.q_bias, q}, {&L.k_proj, L.k_bias, k}, {&L.v_proj, L.v_bias, v}};
+    kernels::matmul_multi(xn1, N, qkv, 3);
   }
-  kernels::rope_apply(ws.q.data(), N, c.num_attention_heads, D, ws.cos_t.data(), ws.sin_t.data());
-  kernels::rope_apply(ws.k.data(), N, c.num_key_value_heads, D, ws.cos_t.data(), ws.sin_t.data());
+  if (tape && tape->k_unroped) std::copy_n(k, N * KD, tape->k_unroped);
+  kernels::rope_apply(q, N, c.num_attention_heads, D, ws.cos_t.data(), ws.sin_t.data());
+  kernels::rope_apply(k, N, c.num_key_value_heads, D, ws.cos_t.data(), ws.sin_t.data());
   // Every token's K/V goes into its row first: tokens of one chunk see each other causally.
-  for (int64_t i = 0; i < N; ++i) kernels::kv_write(kv, rows.pages[i], rows.pos[i], ws.k.data() + i * KD, ws.v.data() + i * KD);
+  for (int64_t i = 0; i < N; ++i) kernels::kv_write(kv, rows.pages[i], rows.pos[i], k + i * KD, v + i * KD);
   for (int64_t i = 0; i < N; ++i) {
     const RowPrefix& pre = rows.prefix[i];
     kernels::KvView& view = ws.views[static_cast<size_t>(i)];
@@ -82,22 +93,30 @@ void decoder_layer_forward(const Backbone& b, int64_t l, KvPool& pool, const Tok
     view.n_real = rows.pos[i] + 1;
     view.pages = rows.pages[i];
   }
-  kernels::attention_paged(ws.q.data(), N, c.num_attention_heads, ws.views.data(), kv,
-                           1.0f / std::sqrt(static_cast<float>(D)), ws.attn.data());
-  kernels::matmul_add(ws.attn.data(), N, L.o_proj, x);
+  kernels::attention_paged(q, N, c.num_attention_heads, ws.views.data(), kv, 1.0f / std::sqrt(static_cast<float>(D)), attn,
+                           tape ? tape->lse : nullptr);
+  kernels::matmul_add(attn, N, L.o_proj, x);
+  if (tape) std::copy_n(x, N * H, tape->hmid);
 
-  // MLP block: x += down(silu(gate(n)) * up(n)), n = rmsnorm(x). Rows go in chunks of at most
-  // kMlpRows so the [rows, I] gate/up buffers stay small for long prefills (peak memory); each
-  // chunk still reuses every converted weight tile across its rows.
-  kernels::rmsnorm(x, L.post_norm, ws.xn.data(), N, H, eps);
+  // MLP block: x += down(silu(gate(n)) * up(n)), n = rmsnorm(x).
+  kernels::rmsnorm(x, L.post_norm, xn2, N, H, eps);
+  if (tape) {  // every row at once, gate and up kept (the fused kernel may not write them)
+    kernels::matmul(xn2, N, L.gate_proj, nullptr, tape->gate);
+    kernels::matmul(xn2, N, L.up_proj, nullptr, tape->up);
+    kernels::swiglu(tape->gate, tape->up, tape->act, N * c.intermediate_size);
+    kernels::matmul_add(tape->act, N, L.down_proj, x);
+    return;
+  }
+  // Rows go in chunks of at most kMlpRows so the [rows, I] gate/up buffers stay small for long
+  // prefills (peak memory); each chunk still reuses every converted weight tile across its rows.
   for (int64_t m0 = 0; m0 < N; m0 += kMlpRows) {
     const int64_t mc = std::min(kMlpRows, N - m0);
-    kernels::gate_up_swiglu(ws.xn.data() + m0 * H, mc, L.gate_proj, L.up_proj, ws.gate.data(), ws.up.data(), ws.gate.data());
+    kernels::gate_up_swiglu(xn2 + m0 * H, mc, L.gate_proj, L.up_proj, ws.gate.data(), ws.up.data(), ws.gate.data());
     kernels::matmul_add(ws.gate.data(), mc, L.down_proj, x + m0 * H);
   }
 }
 
-void decoder_forward(const Backbone& b, KvPool& pool, const TokenRows& rows, float* x, ForwardWorkspace& ws) {
+void decoder_prepare(const Backbone& b, const TokenRows& rows, ForwardWorkspace& ws) {
   const ModelConfig& c = b.config;
   for (int64_t i = 0; i < rows.n; ++i)
     if (rows.pos[i] < 0 || rows.pos[i] >= c.max_position_embeddings)
@@ -105,7 +124,11 @@ void decoder_forward(const Backbone& b, KvPool& pool, const TokenRows& rows, flo
                   std::to_string(c.max_position_embeddings) + " tokens (max_position_embeddings)");
   ws.reserve(c, rows.n);
   kernels::rope_tables(rows.pos, rows.n, ws.inv_freq.data(), c.head_dim, ws.cos_t.data(), ws.sin_t.data());
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) decoder_layer_forward(b, l, pool, rows, x, ws);
+}
+
+void decoder_forward(const Backbone& b, KvPool& pool, const TokenRows& rows, float* x, ForwardWorkspace& ws) {
+  decoder_prepare(b, rows, ws);
+  for (int64_t l = 0; l < b.config.num_hidden_layers; ++l) decoder_layer_forward(b, l, pool, rows, x, ws);
 }
 
 }  // namespace parscale

@@ -40,6 +40,28 @@ struct ForwardWorkspace {
   void reserve(const ModelConfig& c, int64_t n_tokens);
 };
 
+// What the training backward needs of one layer's forward, recorded by decoder_layer_forward
+// into caller-owned buffers of N token rows (H hidden, QD = q_dim, KD = kv_dim, I intermediate,
+// NH attention heads). With a tape the layer computes exactly what it computes without one (same
+// kernels, same order, bitwise the same x); it only keeps the intermediates instead of reusing
+// scratch. qpre/kpre: only for qk_norm configs. k_unroped: optional (null = not kept).
+struct LayerTape {
+  float* xn1 = nullptr;        // [N, H]  input RMSNorm of x
+  float* qpre = nullptr;       // [N, QD] q projection before the per-head norm (qk_norm)
+  float* kpre = nullptr;       // [N, KD] k projection before the per-head norm (qk_norm)
+  float* q = nullptr;          // [N, QD] q after the per-head norm and RoPE
+  float* k = nullptr;          // [N, KD] k after the per-head norm and RoPE (what the cache holds)
+  float* v = nullptr;          // [N, KD]
+  float* k_unroped = nullptr;  // [N, KD] k after the per-head norm, before RoPE (optional)
+  float* lse = nullptr;        // [N, NH] log-sum-exp of each head's scaled attention scores
+  float* attn = nullptr;       // [N, QD] attention output (input of o_proj)
+  float* hmid = nullptr;       // [N, H]  residual stream after the attention block
+  float* xn2 = nullptr;        // [N, H]  post-attention RMSNorm of hmid
+  float* gate = nullptr;       // [N, I]  gate projection
+  float* up = nullptr;         // [N, I]  up projection
+  float* act = nullptr;        // [N, I]  silu(gate) * up (input of down_proj)
+};
+
 // The paged-KV layer view of layer l of `pool`.
 kernels::PagedKV paged_layer(KvPool& pool, const ModelConfig& c, int64_t layer);
 
@@ -48,9 +70,14 @@ kernels::PagedKV paged_layer(KvPool& pool, const ModelConfig& c, int64_t layer);
 // position is negative or beyond max_position_embeddings.
 void decoder_forward(const Backbone& b, KvPool& pool, const TokenRows& rows, float* x, ForwardWorkspace& ws);
 
-// One decoder layer (after rope tables are in ws: decoder_forward prepares them).
+// Checks the rows' positions and readies ws for them (buffers, RoPE tables). decoder_forward
+// calls it; a caller running the layers one by one calls it once before the first layer.
+void decoder_prepare(const Backbone& b, const TokenRows& rows, ForwardWorkspace& ws);
+
+// One decoder layer on x [N, H] in place (after decoder_prepare). The one layer function of the
+// project: inference passes no tape; training passes one to keep what its backward needs.
 void decoder_layer_forward(const Backbone& b, int64_t layer, KvPool& pool, const TokenRows& rows, float* x,
-                           ForwardWorkspace& ws);
+                           ForwardWorkspace& ws, const LayerTape* tape = nullptr);
 
 // Embedding lookup: x[i, :] = embed_tokens[ids[i], :] (fp32). Throws on an id outside the vocabulary.
 void embed_tokens(const Backbone& b, const int32_t* ids, int64_t N, float* x);

@@ -35,12 +35,14 @@ void aggregate_streams(const Adapter* a, int64_t H, const float* h, int64_t M, f
       for (int64_t k = 0; k < H; ++k) dst[k * P] = src[k];
     }
   kernels::matmul(ws.concat.data(), M, a->aggregate0, a->aggregate0_bias, ws.hidden.data());
+  if (ws.record) ws.pre_silu.assign(ws.hidden.begin(), ws.hidden.end());
   for (int64_t i = 0; i < M * H; ++i) {
     const float v = ws.hidden[static_cast<size_t>(i)];
     ws.hidden[static_cast<size_t>(i)] = v / (1.0f + std::exp(-v));  // SiLU
   }
   kernels::matmul(ws.hidden.data(), M, a->aggregate2, a->aggregate2_bias, ws.logits.data());
   kernels::softmax_rows(ws.logits.data(), M, P);
+  if (ws.record) ws.probs.assign(ws.logits.begin(), ws.logits.end());
   const float eps = static_cast<float>(a->smooth);
   if (eps != 0.0f)
     for (int64_t i = 0; i < M * P; ++i) {

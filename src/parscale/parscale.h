@@ -18,8 +18,14 @@ namespace parscale {
 // The prefix slots of stream s's rows (no prefix when adapter is null).
 RowPrefix stream_prefix(const Adapter* adapter, int64_t n_kv_heads, int64_t head_dim, int64_t s);
 
+// Scratch of aggregate_streams, and after a call its intermediates: concat [M, P·H] (the
+// interleaved streams), hidden [M, H] (after SiLU), logits [M, P] (the smoothed stream weights).
+// With record = true it also keeps what the training backward needs: pre_silu [M, H] (first
+// linear layer's output) and probs [M, P] (the softmax before smoothing).
 struct AggregateWorkspace {
-  std::vector<float> concat, hidden, logits;  // [M, P·H], [M, H], [M, P]
+  std::vector<float> concat, hidden, logits;
+  bool record = false;
+  std::vector<float> pre_silu, probs;
 };
 
 // h [P][M][H] -> out [M][H] with the adapter's aggregation MLP (H = hidden size).

@@ -99,8 +99,6 @@ TrainModel::TrainModel(const ParameterSet& params) : params_(params), c_(params.
                           n("mlp.up_proj.weight"), n("mlp.down_proj.weight"), n("self_attn.q_norm.weight"),
                           n("self_attn.k_norm.weight")});
   }
-  inv_freq_.resize(static_cast<size_t>(D_ / 2));
-  kb::rope_inv_freq(c_.rope_theta, D_, inv_freq_.data());
   scale_ = 1.0f / std::sqrt(static_cast<float>(D_));
 }
 
@@ -115,20 +113,31 @@ void TrainModel::setup(int64_t B, int64_t L) {
   N_ = P_ * M_;
   R_ = P_ * B;
   C_ = T_ + L;
-  row_.resize(static_cast<size_t>(N_));
+  // The rows as the inference block sees them: token i is in cache row r = i / L (stream r / B)
+  // at position i % L; each row's real tokens in its own pages of pool_, its prefix read in
+  // place from the adapter.
+  for (auto& t : tables_)
+    for (int32_t page : t) pool_.release(page);
+  const int64_t per_row = (L + kPageTokens - 1) / kPageTokens;
+  if (pool_.pages_total() < R_ * per_row) pool_ = KvPool(c_, DType::F32, kPageTokens, R_ * per_row);
+  tables_.assign(static_cast<size_t>(R_), {});
+  for (auto& t : tables_)
+    for (int64_t j = 0; j < per_row; ++j) t.push_back(pool_.allocate());
   pos_.resize(static_cast<size_t>(N_));
   n_visible_.resize(static_cast<size_t>(N_));
+  row_pages_.resize(static_cast<size_t>(N_));
+  row_prefix_.resize(static_cast<size_t>(N_));
   for (int64_t i = 0; i < N_; ++i) {
-    row_[static_cast<size_t>(i)] = static_cast<int32_t>(i / L);
+    const int64_t r = i / L;
     pos_[static_cast<size_t>(i)] = static_cast<int32_t>(i % L);
     n_visible_[static_cast<size_t>(i)] = static_cast<int32_t>(T_ + i % L + 1);
+    row_pages_[static_cast<size_t>(i)] = tables_[static_cast<size_t>(r)].data();
+    row_prefix_[static_cast<size_t>(i)] = stream_prefix(w_.adapter.get(), KVH_, D_, r / B);
   }
+  rows_ = TokenRows{N_, pos_.data(), row_pages_.data(), row_prefix_.data()};
+  decoder_prepare(w_.bb(), rows_, fws_);  // checks positions, RoPE tables for the rows
   row_begin_.resize(static_cast<size_t>(R_ + 1));
   for (int64_t r = 0; r <= R_; ++r) row_begin_[static_cast<size_t>(r)] = r * L;
-  // Positions repeat every L tokens: the tables of one row serve all (rows share positions 0..L-1).
-  cos_t_.resize(static_cast<size_t>(N_ * D_ / 2));
-  sin_t_.resize(static_cast<size_t>(N_ * D_ / 2));
-  kb::rope_tables(pos_.data(), N_, inv_freq_.data(), D_, cos_t_.data(), sin_t_.data());
 
   xs_.resize(static_cast<size_t>(NL_ + 1));
   for (auto& x : xs_) grow(x, N_ * H_);
@@ -145,27 +154,31 @@ void TrainModel::setup(int64_t B, int64_t L) {
   for (auto* b : {&kbuf_, &vbuf_, &dkbuf_, &dvbuf_}) grow(*b, cache);
   for (auto* b : {&gate_, &up_, &act_, &dact_}) grow(*b, N_ * I_);
   grow(lse_, N_ * NH_);
-  grow(views_, N_);
   grow(scratch_, static_cast<int64_t>(num_threads()) * std::max<int64_t>(2 * C_, kb::attention_backward_scratch(C_, D_)));
   grow(rstd_, c_.qk_norm ? N_ * NH_ : N_);
 }
 
+// out = the layer applied to x: the inference block's one layer function (model/qwen2.cpp) over
+// this batch's rows, recording into the tape what layer_backward needs.
 void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
-  const BackboneLayer& L = w_.bb().layers[static_cast<size_t>(l)];
-  const float eps = static_cast<float>(c_.rms_norm_eps);
-  const int64_t N = N_;
-  // Same kernel sequence as qwen2_layer_forward.
-  kb::rmsnorm(x, L.input_norm, xn1_.data(), N, H_, eps);
-  if (c_.qk_norm) {  // q/k projections into qpre_/kpre_, then the per-head RMSNorm into q_/k_
-    matmul_rows(xn1_.data(), N, L.q_proj, L.q_bias, qpre_.data());
-    matmul_rows(xn1_.data(), N, L.k_proj, L.k_bias, kpre_.data());
-    kb::rmsnorm(qpre_.data(), L.q_norm, q_.data(), N * NH_, D_, eps);
-    kb::rmsnorm(kpre_.data(), L.k_norm, k_.data(), N * KVH_, D_, eps);
-  } else {
-    matmul_rows(xn1_.data(), N, L.q_proj, L.q_bias, q_.data());
-    matmul_rows(xn1_.data(), N, L.k_proj, L.k_bias, k_.data());
-  }
-  matmul_rows(xn1_.data(), N, L.v_proj, L.v_bias, v_.data());
+  std::copy_n(x, N_ * H_, out);
+  LayerTape tape;
+  tape.xn1 = xn1_.data();
+  tape.qpre = c_.qk_norm ? qpre_.data() : nullptr;
+  tape.kpre = c_.qk_norm ? kpre_.data() : nullptr;
+  tape.q = q_.data();
+  tape.k = k_.data();
+  tape.v = v_.data();
+  if (cap_k_) grow(kraw_, N_ * KD_);
+  tape.k_unroped = cap_k_ ? kraw_.data() : nullptr;
+  tape.lse = lse_.data();
+  tape.attn = attn_.data();
+  tape.hmid = hmid_.data();
+  tape.xn2 = xn2_.data();
+  tape.gate = gate_.data();
+  tape.up = up_.data();
+  tape.act = act_.data();
+  decoder_layer_forward(w_.bb(), l, pool_, rows_, out, fws_, &tape);
   if (cap_k_) {
     // capture_kv: stream 0 only (rows of stream 0 are tokens 0..L-1 when B = 1).
     auto& ck = (*cap_k_)[static_cast<size_t>(l)];
@@ -175,12 +188,15 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
     for (int64_t t = 0; t < L_; ++t)
       for (int64_t h = 0; h < KVH_; ++h)
         for (int64_t d = 0; d < D_; ++d) {
-          ck[static_cast<size_t>((h * L_ + t) * D_ + d)] = k_[static_cast<size_t>(t * KD_ + h * D_ + d)];
+          ck[static_cast<size_t>((h * L_ + t) * D_ + d)] = kraw_[static_cast<size_t>(t * KD_ + h * D_ + d)];
           cv[static_cast<size_t>((h * L_ + t) * D_ + d)] = v_[static_cast<size_t>(t * KD_ + h * D_ + d)];
         }
   }
-  kb::rope_apply(q_.data(), N, NH_, D_, cos_t_.data(), sin_t_.data());
-  kb::rope_apply(k_.data(), N, KVH_, D_, cos_t_.data(), sin_t_.data());
+}
+
+// The backward's contiguous cache [R][KVH][C][D] of layer l: each row's stream prefix, then its
+// real tokens' K (after RoPE) and V from the tape (the values the forward wrote to its pages).
+void TrainModel::gather_kv(int64_t l) {
   kb::KVLayer kv{kbuf_.data(), vbuf_.data(), KVH_, C_, D_};
   for (int64_t r = 0; r < R_; ++r) {
     const int64_t s = r / B_;
@@ -197,28 +213,6 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
       }
     }
   }
-  // The inference kernel, seeing what inference sees: the prefix slots as one segment, then the
-  // real tokens from real slot 0 (the row read as one page of C slots starting after the prefix),
-  // so the key blocks and hence the results are the same as a Session's, bit for bit.
-  const kb::PagedKV real{kbuf_.data() + T_ * D_, vbuf_.data() + T_ * D_, DType::F32, KVH_, C_, D_};
-  for (int64_t i = 0; i < N; ++i) {
-    kb::KvView& v = views_[static_cast<size_t>(i)];
-    v.prefix_k = kv.k_at(row_[static_cast<size_t>(i)], 0, 0);
-    v.prefix_v = kv.v_at(row_[static_cast<size_t>(i)], 0, 0);
-    v.prefix_head_stride = C_ * D_;
-    v.n_prefix = static_cast<int32_t>(T_);
-    v.n_real = n_visible_[static_cast<size_t>(i)] - static_cast<int32_t>(T_);
-    v.pages = row_.data() + i;
-  }
-  kb::attention_paged(q_.data(), N, NH_, views_.data(), real, scale_, attn_.data(), lse_.data());
-  matmul_rows(attn_.data(), N, L.o_proj, nullptr, tmp_.data());
-  for (int64_t i = 0; i < N * H_; ++i) hmid_[static_cast<size_t>(i)] = x[i] + tmp_[static_cast<size_t>(i)];
-  kb::rmsnorm(hmid_.data(), L.post_norm, xn2_.data(), N, H_, eps);
-  matmul_rows(xn2_.data(), N, L.gate_proj, nullptr, gate_.data());
-  matmul_rows(xn2_.data(), N, L.up_proj, nullptr, up_.data());
-  kb::swiglu(gate_.data(), up_.data(), act_.data(), N * I_);
-  matmul_rows(act_.data(), N, L.down_proj, nullptr, tmp_.data());
-  for (int64_t i = 0; i < N * H_; ++i) out[i] = hmid_[static_cast<size_t>(i)] + tmp_[static_cast<size_t>(i)];
 }
 
 void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients& g, bool need_dx) {
@@ -243,6 +237,7 @@ void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients&
   kb::matmul_backward_input(dx, N, L.o_proj.f32(), H_, QD_, dattn_.data(), false);
   if (float* go = g.get(ix.o_w)) kb::matmul_backward_weight(dx, attn_.data(), N, H_, QD_, go, static_cast<float*>(nullptr));
   const int64_t cache = R_ * KVH_ * C_ * D_;
+  gather_kv(l);
   std::fill_n(dkbuf_.data(), cache, 0.0f);
   std::fill_n(dvbuf_.data(), cache, 0.0f);
   kb::attention_backward(q_.data(), kbuf_.data(), vbuf_.data(), attn_.data(), lse_.data(), dattn_.data(), R_,
@@ -277,8 +272,8 @@ void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients&
       std::copy_n(dvbuf_.data() + ((r * KVH_ + h) * C_ + T_ + t) * D_, D_, dv_.data() + i * KD_ + h * D_);
     }
   }
-  kb::rope_backward(dq_.data(), N, NH_, D_, cos_t_.data(), sin_t_.data());
-  kb::rope_backward(dk_.data(), N, KVH_, D_, cos_t_.data(), sin_t_.data());
+  kb::rope_backward(dq_.data(), N, NH_, D_, fws_.cos_t.data(), fws_.sin_t.data());
+  kb::rope_backward(dk_.data(), N, KVH_, D_, fws_.cos_t.data(), fws_.sin_t.data());
   if (c_.qk_norm) {  // dq/dk := gradients of the projections' outputs (before the per-head norm)
     kb::rmsnorm_backward(qpre_.data(), L.q_norm, dq_.data(), dq_.data(), g.get(ix.q_norm), N * NH_, D_, eps, false, rstd_.data());
     kb::rmsnorm_backward(kpre_.data(), L.k_norm, dk_.data(), dk_.data(), g.get(ix.k_norm), N * KVH_, D_, eps, false, rstd_.data());
@@ -300,8 +295,8 @@ void TrainModel::run_forward(const int32_t* ids) {
   for (int64_t s = 1; s < P_; ++s) std::copy_n(x0, M_ * H_, x0 + s * M_ * H_);
   for (int64_t l = 0; l < NL_; ++l) layer_forward(l, xs_[static_cast<size_t>(l)].data(), xs_[static_cast<size_t>(l + 1)].data());
   kb::rmsnorm(xs_[static_cast<size_t>(NL_)].data(), w_.bb().final_norm, hn_.data(), N_, H_, static_cast<float>(c_.rms_norm_eps));
-  AggregateWorkspace aws;
-  aggregate_streams(w_.adapter.get(), H_, hn_.data(), M_, agg_.data(), aws);
+  agg_ws_.record = true;
+  aggregate_streams(w_.adapter.get(), H_, hn_.data(), M_, agg_.data(), agg_ws_);
 }
 
 void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g) {
@@ -310,18 +305,15 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
     std::copy_n(dagg, M * H, dhn);
     return;
   }
-  // Recompute the aggregation's intermediates with the forward's kernels.
-  std::vector<float> concat(static_cast<size_t>(M * P * H)), z(static_cast<size_t>(M * H)), a(static_cast<size_t>(M * H));
-  std::vector<float> p(static_cast<size_t>(M * P)), w(static_cast<size_t>(M * P)), dw(static_cast<size_t>(M * P));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t s = 0; s < P; ++s)
-      for (int64_t k = 0; k < H; ++k) concat[static_cast<size_t>(m * P * H + k * P + s)] = hn_[static_cast<size_t>((s * M + m) * H + k)];
-  matmul_rows(concat.data(), M, w_.adapter->aggregate0, w_.adapter->aggregate0_bias, z.data());
-  for (size_t i = 0; i < z.size(); ++i) a[i] = z[i] / (1.0f + std::exp(-z[i]));
-  matmul_rows(a.data(), M, w_.adapter->aggregate2, w_.adapter->aggregate2_bias, p.data());
-  kb::softmax_rows(p.data(), M, P);
+  // The forward's intermediates (aggregate_streams recorded them): interleaved concat [M, P·H],
+  // z = first linear layer [M, H], a = silu(z), p = softmax [M, P], w = smoothed p.
+  const std::vector<float>& concat = agg_ws_.concat;
+  const std::vector<float>& z = agg_ws_.pre_silu;
+  const std::vector<float>& a = agg_ws_.hidden;
+  const std::vector<float>& p = agg_ws_.probs;
+  const std::vector<float>& w = agg_ws_.logits;
   const float eps = static_cast<float>(c_.parscale_attn_smooth);
-  for (size_t i = 0; i < p.size(); ++i) w[i] = eps != 0.0f ? p[i] * (1.0f - eps) + eps / static_cast<float>(P) : p[i];
+  std::vector<float> dw(static_cast<size_t>(M * P));
   // out[m] = Σ_s w[m,s]·hn[s][m]
   for (int64_t m = 0; m < M; ++m)
     for (int64_t s = 0; s < P; ++s) {

@@ -13,7 +13,10 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "model/kv_pool.h"
+#include "model/qwen2.h"
 #include "model/weights.h"
+#include "parscale/parscale.h"
 
 namespace parscale::train {
 
@@ -62,6 +65,7 @@ class TrainModel {
   void setup(int64_t B, int64_t L);
   void layer_forward(int64_t l, const float* x, float* out);
   void layer_backward(int64_t l, const float* x, float* dx, Gradients& g, bool need_dx);
+  void gather_kv(int64_t l);
   void run_forward(const int32_t* ids);  // fills xs_ (layer inputs) and hn_ (final-normed streams)
   void aggregate_backward(const float* dagg, float* dhn, Gradients& g);
 
@@ -74,10 +78,18 @@ class TrainModel {
 
   // Batch geometry of the current call.
   int64_t B_ = 0, L_ = 0, N_ = 0, M_ = 0, R_ = 0, C_ = 0;
-  std::vector<int32_t> row_, pos_, n_visible_, targets_;
-  std::vector<kernels::KvView> views_;  // [N] what each token row attends to
+  // The rows of the inference block: positions, block tables (pages of pool_, one table per
+  // cache row), stream prefixes; fws_ holds their RoPE tables and the block's scratch.
+  static constexpr int64_t kPageTokens = 64;
+  KvPool pool_;
+  std::vector<std::vector<int32_t>> tables_;
+  std::vector<int32_t> pos_, n_visible_, targets_;
+  std::vector<const int32_t*> row_pages_;
+  std::vector<RowPrefix> row_prefix_;
+  TokenRows rows_;
+  ForwardWorkspace fws_;
+  AggregateWorkspace agg_ws_;  // the aggregation's intermediates of the last forward
   std::vector<int64_t> row_begin_;
-  std::vector<float> inv_freq_, cos_t_, sin_t_;
   float scale_ = 1.0f;
 
   // Layer inputs xs_[l] (l = 0..NL), each [N, H]; final-normed streams hn_ [N, H]; aggregate [M, H].
@@ -85,7 +97,8 @@ class TrainModel {
   std::vector<float> hn_, agg_;
   // One layer's recomputed activations.
   // qpre_/kpre_: q and k before the per-head norm (qk_norm only).
-  std::vector<float> xn1_, q_, k_, v_, qpre_, kpre_, kbuf_, vbuf_, attn_, lse_, hmid_, xn2_, gate_, up_, act_, tmp_, scratch_;
+  // kbuf_/vbuf_: the backward's contiguous cache of one layer [R][KVH][C][D] (gather_kv).
+  std::vector<float> xn1_, q_, k_, v_, qpre_, kpre_, kraw_, kbuf_, vbuf_, attn_, lse_, hmid_, xn2_, gate_, up_, act_, tmp_, scratch_;
   // Gradient scratch.
   std::vector<float> dxn_, dattn_, dq_, dk_, dv_, dkbuf_, dvbuf_, dact_, rstd_;
   std::vector<double> row_loss_;
