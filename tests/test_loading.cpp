@@ -1,5 +1,6 @@
 // Bad input gives one clear error naming file / tensor / field, expected and found; never a crash.
 #include <fstream>
+#include <limits>
 
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -162,6 +163,14 @@ TEST(Loading, BadConfigFields) {
   with([](json& j) { j["model_type"] = "llama"; });
   expect_load_error(dir, {"config.json", "unsupported model_type \"llama\""});
   with([](json& j) { j["hidden_size"] = "32"; });
+  expect_load_error(dir, {"config.json", "'hidden_size'", "integer"});
+  // Out-of-range numbers are errors, never a float-to-integer cast out of range (UB; found by
+  // fuzzing); integral floats are accepted.
+  with([](json& j) { j["max_position_embeddings"] = 1.2844e86; });
+  expect_load_error(dir, {"config.json", "'max_position_embeddings'", "out of range"});
+  with([](json& j) { j["max_position_embeddings"] = std::numeric_limits<uint64_t>::max(); });
+  expect_load_error(dir, {"config.json", "'max_position_embeddings'", "out of range"});
+  with([](json& j) { j["hidden_size"] = 32.5; });
   expect_load_error(dir, {"config.json", "'hidden_size'", "integer"});
   with([](json& j) { j["num_attention_heads"] = 3; });
   expect_load_error(dir, {"config.json", "num_key_value_heads"});

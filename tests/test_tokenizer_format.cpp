@@ -293,6 +293,11 @@ TEST(ChatTemplate, ResourceLimitsFailWithTheConstructAndLine) {
   // Within the limits the same constructs still work.
   EXPECT_EQ(render("{{ " + repeat("(", 20) + "1" + repeat(")", 20) + " }}{{ 1" + repeat(" + 1", 40) + " }}"), "141");
   EXPECT_EQ(render(repeat("{% if true %}", 30) + "x" + repeat("{% endif %}", 30)), "x");
+  // Filters on values of the wrong kind or range are errors (fuzzing found a null dict read in
+  // 'items' of a list and a float-to-integer cast out of range in 'int').
+  expect_limit("{{ messages|items }}", "'items' filter needs a dict", 1);
+  expect_limit("\n{{ 99999999999999999999.0|int }}", "'int' filter: value out of range", 2);
+  EXPECT_EQ(render("{{ 2.9|int }} {{ -2.9|int }} {{ {'a': 1}|items|list }}"), "2 -2 [['a', 1]]");
   // range() is bounded before anything is allocated (it used to build the whole list).
   expect_limit("\n{% for i in range(9223372036854775807) %}{% endfor %}", "range() of more than", 2);
   expect_limit("{{ range(-9223372036854775807, 9223372036854775807, 3)|length }}", "range() of more than", 1);

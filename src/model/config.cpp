@@ -1,7 +1,9 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "core/error.h"
 
@@ -28,9 +30,15 @@ bool has(const json& j, const char* key) { return j.contains(key) && !j[key].is_
 int64_t get_int(const json& j, const char* key, int64_t fallback, const std::string& src) {
   if (!has(j, key)) return fallback;
   const json& v = j[key];
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    throw Error(src + ": field '" + key + "' is out of range, found " + v.dump());
   if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
-    return static_cast<int64_t>(v.get<double>());
+  if (v.is_number_float()) {  // 64.0 is fine; the range check comes first (a cast out of range is UB)
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || std::fabs(d) >= 9.0e18)
+      throw Error(src + ": field '" + key + "' is out of range, found " + v.dump());
+    if (d == std::floor(d)) return static_cast<int64_t>(d);
+  }
   throw Error(src + ": field '" + key + "' must be an integer, found " + v.dump());
 }
 

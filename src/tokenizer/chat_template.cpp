@@ -1286,10 +1286,16 @@ class Renderer {
       fail_(pos, "'list' filter needs a list, dict or string");
     }
     if (name == "reverse") return slice(v, Value(), Value(), Value::integer(-1), pos);
-    if (name == "items") return dict_method("items", v, {}, pos);
+    if (name == "items") {
+      if (!v.is(Value::Kind::Dict)) fail_(pos, "'items' filter needs a dict");
+      return dict_method("items", v, {}, pos);
+    }
     if (name == "int") {
       if (v.is(Value::Kind::Int)) return v;
-      if (v.is(Value::Kind::Float)) return Value::integer(static_cast<int64_t>(v.f));
+      if (v.is(Value::Kind::Float)) {  // truncation toward zero, as Python's int(); out of range is an error
+        if (!std::isfinite(v.f) || std::fabs(v.f) >= 9.0e18) fail_(pos, "'int' filter: value out of range");
+        return Value::integer(static_cast<int64_t>(v.f));
+      }
       if (v.is(Value::Kind::Bool)) return Value::integer(v.b);
       if (v.is(Value::Kind::String)) {
         try { return Value::integer(std::stoll(v.s)); } catch (...) { return Value::integer(0); }
