@@ -2,6 +2,7 @@
 // K/V, uniform stream weights at step 0), or a fresh random model of any shape from a config.json.
 // Initialisation rules: docs/TRAINING.md.
 #include <cstdio>
+#include <utility>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -63,7 +64,7 @@ parscale::cli::RegisterCommand reg("init", "make a ParScale model from a P = 1 b
       if (backbone.config.parscale_n > 1)
         std::fprintf(stderr, "parscale: warning: %s is a P = %ld model; its ParScale parameters are replaced\n",
                      o->model.c_str(), static_cast<long>(backbone.config.parscale_n));
-      p = train::parscale_from_backbone(backbone, o->streams, o->prefix_tokens, o->smooth, o->seed);
+      p = train::parscale_from_backbone(std::move(backbone), o->streams, o->prefix_tokens, o->smooth, o->seed);
     } else {
       throw Error("init: give --model BACKBONE --streams P, or --config config.json");
     }

@@ -3,6 +3,7 @@
 // tokenizer). Data-parallel under mpirun. `--bench` measures training tokens/s on random tokens.
 // See docs/TRAINING.md.
 #include <cstdio>
+#include <utility>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -118,7 +119,7 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
       ParameterSet params = load_parameters(o->model, o->adapters);
       if (o->streams > 1) {
         if (params.config.parscale_n > 1) throw Error("--streams: " + o->model + " is already a ParScale model (P = " + std::to_string(params.config.parscale_n) + ")");
-        params = parscale_from_backbone(params, o->streams, o->prefix_tokens, o->smooth, t.seed);
+        params = parscale_from_backbone(std::move(params), o->streams, o->prefix_tokens, o->smooth, t.seed);
       }
       t.mode = o->train == "all" ? TrainMode::All
                : o->train == "parscale" ? TrainMode::ParScale

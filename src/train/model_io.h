@@ -36,7 +36,8 @@ ParameterSet random_parameters(const ModelConfig& c, uint64_t seed);
 //  - aggregate_layer.0: weight normal(0, 0.02), bias 0; aggregate_layer.2: weight 0, bias 0
 //    => stream weights exactly 1/P at step 0: the model is the mean of P backbone streams that
 //    differ only by their prefixes.
-ParameterSet parscale_from_backbone(const ParameterSet& backbone, int64_t P, int64_t T, double smooth, uint64_t seed);
+// The backbone's tensors are moved into the result (pass std::move(set) to avoid a copy).
+ParameterSet parscale_from_backbone(ParameterSet backbone, int64_t P, int64_t T, double smooth, uint64_t seed);
 
 // Loads DIR (+ adapter files) into fp32 parameters.
 ParameterSet load_parameters(const std::string& dir, const std::vector<std::string>& adapters = {});
