@@ -4,7 +4,6 @@
 // Each parse yields a request within those limits or throws server::ApiError with a 4xx status and
 // a JSON error body; any other exception, crash or sanitizer report is a bug.
 #include <algorithm>
-#include <fstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,7 +13,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "fuzz_util.h"
-#include "io/safetensors.h"
+#include "server_demo.h"
 #include "server/api.h"
 #include "tokenizer/tokenizer.h"
 
@@ -23,40 +22,6 @@ namespace {
 using parscale::server::ApiError;
 using parscale::server::GenerationRequest;
 using parscale::server::ParseContext;
-
-struct Demo {
-  parscale::Tokenizer tokenizer;
-  std::vector<parscale::EngineModel> models;
-  parscale::server::ModelCatalog catalog;
-  ParseContext ctx;
-
-  static std::vector<parscale::EngineModel> engine_models(const std::string& dir) {
-    std::vector<parscale::EngineModel> m = {{1, 0, ""}};  // the folder's own model (P = 1)
-    for (const char* f : {"adapter-p2.safetensors", "adapter-p4.safetensors"}) {
-      parscale::SafetensorsFile a(dir + "/" + f);
-      m.push_back({std::stoll(a.metadata().at("parscale_n")), std::stoll(a.metadata().at("parscale_n_tokens")), f});
-    }
-    return m;
-  }
-  explicit Demo(const std::string& dir)
-      : tokenizer(parscale::Tokenizer::from_model_dir(dir)), models(engine_models(dir)), catalog("demo", models) {
-    // The limits `parscale serve` takes from config.json (read here without parscale_model).
-    std::ifstream in(dir + "/config.json");
-    const nlohmann::json c = nlohmann::json::parse(in);
-    ctx.catalog = &catalog;
-    ctx.tokenizer = &tokenizer;
-    ctx.vocab_size = c.at("vocab_size").get<int64_t>();
-    ctx.max_context = c.at("max_position_embeddings").get<int64_t>();
-    ctx.eos_ids = {c.at("eos_token_id").get<int64_t>()};  // as cli::eos_ids_for: the model's + the tokenizer's
-    for (int32_t e : tokenizer.eos_ids())
-      if (std::find(ctx.eos_ids.begin(), ctx.eos_ids.end(), e) == ctx.eos_ids.end()) ctx.eos_ids.push_back(e);
-  }
-};
-
-const Demo& demo() {
-  static const Demo d(parscale::fuzz::source_dir() + "/models/demo");
-  return d;
-}
 
 // What the server relies on after a successful parse.
 void check_request(const GenerationRequest& r, const ParseContext& ctx) {
@@ -87,7 +52,7 @@ void check_error(const ApiError& e) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const Demo& d = demo();
+  const parscale::fuzz::ServerDemo& d = parscale::fuzz::server_demo();
   const std::string_view body(reinterpret_cast<const char*>(data), size);
   for (bool chat : {false, true}) {
     try {

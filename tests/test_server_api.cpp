@@ -5,6 +5,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -15,6 +16,7 @@
 #include "core/error.h"
 #include "server/api.h"
 #include "server/metrics.h"
+#include "server/routes.h"
 #include "server/server.h"
 #include "test_util.h"
 
@@ -214,6 +216,37 @@ TEST(ServerApi, CompletionErrors) {
   bad(long_prompt + "]}", 400, "prompt", "context");
 }
 
+// max_tokens near INT64_MAX / INT32_MAX with a non-empty prompt: a 400 naming the field (the
+// check is max_tokens > context - prompt, never prompt + max_tokens, which would overflow).
+TEST(ServerApi, HugeMaxTokensIsA400NotAnOverflow) {
+  Ctx c;
+  const int64_t i64 = std::numeric_limits<int64_t>::max(), i32 = std::numeric_limits<int32_t>::max();
+  for (int64_t mt : {i64, i64 - 1, i64 - 5, i32, i32 + int64_t{1}, int64_t{1} << 62}) {
+    const std::string v = std::to_string(mt);
+    SCOPED_TRACE(v);
+    expect_error([&] { parse_completion_request(R"({"prompt":"hello world","max_tokens":)" + v + "}", c.ctx); }, 400,
+                 "max_tokens", "exceeds the model's context");
+    expect_error([&] { parse_completion_request(R"({"prompt":[[1,2,3],[4]],"max_tokens":)" + v + "}", c.ctx); }, 400,
+                 "max_tokens", "exceeds the model's context");
+    expect_error([&] { parse_chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":)" + v + "}", c.ctx); },
+                 400, "max_tokens", "exceeds the model's context");
+    expect_error([&] {
+      parse_chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":)" + v + "}", c.ctx);
+    }, 400, "max_completion_tokens", "exceeds the model's context");
+  }
+  // Past INT64_MAX (unsigned in JSON) and as a float near it.
+  expect_error([&] { parse_completion_request(R"({"prompt":"hi","max_tokens":9223372036854775808})", c.ctx); }, 400,
+               "max_tokens", "out of range");
+  expect_error([&] { parse_completion_request(R"({"prompt":"hi","max_tokens":18446744073709551615})", c.ctx); }, 400,
+               "max_tokens", "out of range");
+  expect_error([&] { parse_completion_request(R"({"prompt":"hi","max_tokens":9.0e18})", c.ctx); }, 400, "max_tokens",
+               "exceeds the model's context");
+  // The largest that fits is accepted.
+  auto ok = parse_completion_request(R"({"prompt":[1,2,3],"max_tokens":1021})", c.ctx);
+  EXPECT_EQ(ok.max_tokens, 1021);
+  expect_error([&] { parse_completion_request(R"({"prompt":[1,2,3],"max_tokens":1022})", c.ctx); }, 400, "max_tokens");
+}
+
 TEST(ServerApi, ChatParsing) {
   Ctx c;
   auto r = parse_chat_request(
@@ -247,7 +280,8 @@ TEST(ServerApi, ChatParsing) {
   bad(R"({"messages":[{"role":"user","content":5}]})", 400, "messages[0].content");
   bad(R"({"messages":[{"role":"user","content":[{"type":"image_url"}]}]})", 400, "messages[0].content[0].type");
   bad(R"({"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":-3})", 400, "max_completion_tokens");
-  bad(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":5000})", 400, "max_completion_tokens", "context");
+  bad(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":5000})", 400, "max_tokens", "context");
+  bad(R"({"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":5000})", 400, "max_completion_tokens", "context");
   bad(R"({"messages":[{"role":"user","content":"hi"}],"top_logprobs":2})", 400, "top_logprobs", "logprobs");
   bad(R"({"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":25})", 400, "top_logprobs");
   bad(R"({"messages":[{"role":"user","content":"hi"}],"logprobs":1})", 400, "logprobs");
@@ -353,6 +387,89 @@ TEST(ServerApi, ChoiceTrackerTextStopAndLogprobs) {
   EXPECT_EQ(cl.on_event(finished_event(FinishReason::ContextLimit, 1, 0)).finish_reason, "length");
 }
 
+// Logprobs describe the returned text only: the tokens whose text starts at or after the stop
+// string are not reported (the one that straddles its start is), and no token is reported
+// before some of its text is sent. usage counts every generated token.
+TEST(ServerApi, StopStringDropsTheLogprobsOfItsTokens) {
+  Ctx c;
+  const std::string text = "hello world. more text and more";
+  const std::vector<int32_t> ids = c.tok.encode(text);
+  std::vector<int64_t> start;  // of each token in the completion text (ASCII: pieces are the text)
+  int64_t pos = 0;
+  for (int32_t id : ids) {
+    start.push_back(pos);
+    pos += static_cast<int64_t>(c.tok.token_bytes(id).size());
+  }
+  ASSERT_EQ(pos, static_cast<int64_t>(text.size()));
+  const std::string stop = "ore te";
+  const int64_t S = static_cast<int64_t>(text.find(stop));
+  auto token_at = [&](int64_t byte) {
+    size_t i = 0;
+    while (i + 1 < ids.size() && start[i + 1] <= byte) ++i;
+    return i;
+  };
+  const size_t straddle = token_at(S), last = token_at(S + static_cast<int64_t>(stop.size()) - 1);
+  ASSERT_LT(start[straddle], S) << "the test needs a token that straddles the stop string's start";
+  ASSERT_GT(last, straddle) << "the test needs tokens after the straddling one";
+
+  for (const char* body : {R"({"prompt":"x","logprobs":1,"stop":"ore te"})",
+                           R"({"messages":[{"role":"user","content":"x"}],"logprobs":true,"stop":"ore te"})"}) {
+    SCOPED_TRACE(body);
+    const bool chat = body[2] == 'm';
+    auto r = chat ? parse_chat_request(body, c.ctx) : parse_completion_request(body, c.ctx);
+    const int64_t base = static_cast<int64_t>(r.prompt_texts[0].size());
+    ChoiceTracker t(r, c.tok, 0);
+    std::string sent;
+    std::vector<int32_t> reported;
+    size_t fed = 0;
+    for (; fed < ids.size() && !t.done(); ++fed) {
+      ChoiceDelta d = t.on_event(token_event(ids[fed], -0.25f * static_cast<float>(fed + 1)));
+      sent += d.text;
+      for (const auto& tok : d.tokens) {
+        EXPECT_LT(tok.text_offset - base, static_cast<int64_t>(sent.size())) << "a token reported before its text";
+        reported.push_back(tok.id);
+      }
+    }
+    EXPECT_EQ(fed, last + 1);
+    EXPECT_EQ(t.finish_reason(), "stop");
+    EXPECT_EQ(sent, text.substr(0, S));
+    EXPECT_EQ(reported, std::vector<int32_t>(ids.begin(), ids.begin() + straddle + 1));
+    ASSERT_EQ(t.tokens().size(), straddle + 1);
+    EXPECT_FLOAT_EQ(*t.tokens().back().logprob, -0.25f * static_cast<float>(straddle + 1));
+    EXPECT_EQ(t.completion_tokens(), static_cast<int64_t>(last + 1));  // the stop string's tokens count
+    if (chat) {
+      EXPECT_EQ(chat_logprobs_json(t.tokens())["content"].size(), straddle + 1);
+    } else {
+      const json lp = completion_logprobs_json(t.tokens());
+      EXPECT_EQ(lp["tokens"].size(), straddle + 1);
+      EXPECT_EQ(lp["token_logprobs"].size(), straddle + 1);
+      EXPECT_EQ(lp["top_logprobs"].size(), straddle + 1);
+      EXPECT_EQ(lp["text_offset"].back(), base + start[straddle]);
+    }
+  }
+
+  // A stop string that never completes: the tokens of held-back text wait for it, and the end
+  // reports them all.
+  auto r = parse_completion_request(R"({"prompt":"x","logprobs":0,"stop":" more tex!"})", c.ctx);
+  ChoiceTracker t(r, c.tok, 0);
+  std::string sent;
+  size_t reported = 0;
+  bool held = false;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ChoiceDelta d = t.on_event(token_event(ids[i], -1));
+    sent += d.text;
+    for (const auto& tok : d.tokens) EXPECT_LT(tok.text_offset - 1, static_cast<int64_t>(sent.size()));
+    reported += d.tokens.size();
+    if (reported < i + 1) held = true;
+  }
+  EXPECT_TRUE(held) << "no token was held back with its text";
+  ChoiceDelta fin = t.on_event(finished_event(FinishReason::Length, 1, static_cast<int64_t>(ids.size())));
+  reported += fin.tokens.size();
+  EXPECT_EQ(sent + fin.text, text);
+  EXPECT_EQ(reported, ids.size());
+  EXPECT_EQ(t.tokens().size(), ids.size());
+}
+
 TEST(ServerApi, EchoWithPromptLogprobs) {
   Ctx c;
   auto r = parse_completion_request(R"({"prompt":[10,20,30],"echo":true,"logprobs":1,"max_tokens":0})", c.ctx);
@@ -421,6 +538,93 @@ TEST(ServerApi, ChatFormatting) {
   // Pieces that split a UTF-8 character still make valid JSON.
   json bad_utf8 = {{"s", std::string("\xe4\xb8")}};
   EXPECT_NO_THROW(json::parse(dump_json(bad_utf8)));
+}
+
+TEST(ServerRoutes, RoutingAndApiKey) {
+  RouterOptions o;
+  o.asset_paths = {"/index.html", "/app.js"};
+  auto route = [&](const char* method, const char* path, const std::string* auth = nullptr) {
+    return route_request(o, method, path, auth);
+  };
+  auto fails = [&](const char* method, const std::string& path, const std::string* auth, int status, const std::string& code) {
+    SCOPED_TRACE(std::string(method) + " " + path);
+    try {
+      route_request(o, method, path, auth);
+      ADD_FAILURE() << "routed";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, status) << e.message;
+      EXPECT_EQ(e.code, code);
+      const json body = json::parse(error_body(e));
+      EXPECT_TRUE(body["error"]["message"].is_string());
+    }
+  };
+  EXPECT_EQ(route("GET", "/health").endpoint, Endpoint::Health);
+  EXPECT_EQ(route("HEAD", "/health").endpoint, Endpoint::Health);
+  EXPECT_EQ(route("GET", "/v1/models").endpoint, Endpoint::ListModels);
+  Route m = route("GET", "/v1/models/demo:p2");
+  EXPECT_EQ(m.endpoint, Endpoint::GetModel);
+  EXPECT_EQ(m.target, "demo:p2");
+  EXPECT_EQ(route("GET", "/metrics").endpoint, Endpoint::Metrics);
+  EXPECT_EQ(route("GET", "/").target, "/index.html");
+  EXPECT_EQ(route("GET", "/app.js").endpoint, Endpoint::Asset);
+  EXPECT_EQ(route("POST", "/v1/completions").endpoint, Endpoint::Completions);
+  EXPECT_EQ(route("POST", "/v1/chat/completions").endpoint, Endpoint::ChatCompletions);
+  EXPECT_EQ(route("OPTIONS", "/anything").endpoint, Endpoint::Preflight);
+  fails("GET", "/nope", nullptr, 404, "not_found");
+  fails("GET", "/v1/models/", nullptr, 404, "not_found");
+  fails("GET", "/style.css", nullptr, 404, "not_found");  // not an asset of these options
+  fails("GET", std::string("/v1/completions\0x", 17), nullptr, 404, "not_found");
+  fails("POST", "/health", nullptr, 405, "method_not_allowed");
+  fails("GET", "/v1/completions", nullptr, 405, "method_not_allowed");
+  fails("HEAD", "/v1/chat/completions", nullptr, 405, "method_not_allowed");
+  fails("DELETE", "/v1/models", nullptr, 405, "method_not_allowed");
+  EXPECT_EQ(allowed_methods(o, "/v1/completions"), "POST");
+  EXPECT_EQ(allowed_methods(o, "/metrics"), "GET, HEAD");
+  EXPECT_EQ(allowed_methods(o, "/nope"), "");
+
+  o.api_key = "sk-abc";
+  for (const char* ok : {"Bearer sk-abc", "bearer sk-abc", "BEARER \t sk-abc ", "  Bearer sk-abc\t"}) {
+    const std::string h = ok;
+    EXPECT_TRUE(api_key_accepted(o.api_key, &h)) << ok;
+    EXPECT_EQ(route("GET", "/v1/models", &h).endpoint, Endpoint::ListModels) << ok;
+  }
+  for (const std::string& bad : {std::string("Bearer sk-ab"), std::string("Bearer sk-abcd"), std::string("Bearer SK-ABC"),
+                                 std::string("Basic sk-abc"), std::string("Bearersk-abc"), std::string("sk-abc"),
+                                 std::string("Bearer sk-abc\0", 14), std::string("Bearer sk-\0bc", 13), std::string("Bearer"),
+                                 std::string(""), "Bearer " + std::string(100000, 'k'), std::string("Bearer sk abc")}) {
+    EXPECT_FALSE(api_key_accepted(o.api_key, &bad)) << bad.size();
+    fails("GET", "/v1/models", &bad, 401, "invalid_api_key");
+    fails("POST", "/v1/completions", &bad, 401, "invalid_api_key");
+    fails("GET", "/nope", &bad, 401, "invalid_api_key");  // the key first: no path is disclosed
+  }
+  fails("GET", "/metrics", nullptr, 401, "invalid_api_key");
+  EXPECT_FALSE(api_key_accepted(o.api_key, nullptr));
+  EXPECT_TRUE(api_key_accepted("", nullptr));
+  // Open without the key: health, the chat page, preflights; not with another method.
+  EXPECT_EQ(route("GET", "/health").endpoint, Endpoint::Health);
+  EXPECT_EQ(route("GET", "/").endpoint, Endpoint::Asset);
+  EXPECT_EQ(route("OPTIONS", "/v1/completions").endpoint, Endpoint::Preflight);
+  fails("POST", "/health", nullptr, 401, "invalid_api_key");
+
+  // Body limit and dispatch of the generation routes.
+  Ctx c;
+  o.max_body_bytes = 20;
+  const std::string chat = R"({"messages":[{"role":"user","content":"x"}]})";
+  expect_error([&] { parse_generation(o, Endpoint::ChatCompletions, chat, c.ctx); }, 413, "");
+  expect_error([&] { parse_generation(o, Endpoint::Completions, std::string(21, ' ') + "{", c.ctx); }, 413, "");
+  expect_error([&] { parse_generation(o, Endpoint::Completions, "{", c.ctx); }, 400, "", "invalid JSON");
+  o.max_body_bytes = chat.size();
+  EXPECT_TRUE(parse_generation(o, Endpoint::ChatCompletions, chat, c.ctx).chat);
+  EXPECT_FALSE(parse_generation(o, Endpoint::Completions, R"({"prompt":"x"})", c.ctx).chat);
+  expect_error([&] { parse_generation(o, Endpoint::Health, "{}", c.ctx); }, 404, "");
+  // The bodies of cpp-httplib's own failures.
+  for (int status : {400, 404, 413, 414}) {
+    const ApiError e = http_failure(status, "GET", std::string(5000, 'p'), 1000);
+    EXPECT_EQ(e.status, status);
+    EXPECT_LT(e.message.size(), 400u);
+    EXPECT_TRUE(json::parse(error_body(e))["error"]["message"].is_string());
+  }
+  EXPECT_NE(http_failure(413, "POST", "/v1/completions", 1000).message.find("1000 bytes"), std::string::npos);
 }
 
 TEST(ServerApi, MetricsText) {
@@ -691,6 +895,18 @@ TEST(ServerHttp, ApiKeyCorsAndBodyLimit) {
   r = c.Post("/v1/completions", wrong, R"({"prompt":"x"})", "application/json");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 401);
+  r = c.Get("/v1/models", {{"Authorization", "bearer   sekret"}});  // the scheme in any case
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = c.Post("/health", right, "{}", "application/json");  // a wrong method: 405 and Allow
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_EQ(r->get_header_value("Allow"), "GET, HEAD");
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "method_not_allowed");
+  r = c.Get("/v1/chat/completions", right);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_EQ(r->get_header_value("Allow"), "POST");
   r = c.Options("/v1/completions");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 204);

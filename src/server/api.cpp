@@ -235,7 +235,8 @@ const ModelEntry& resolve_model(const json& j, const ParseContext& ctx) {
   return ctx.catalog->resolve(model, streams);
 }
 
-void check_context(GenerationRequest& r, const ParseContext& ctx, bool max_tokens_given) {
+// `max_tokens_param`: the field the request's limit came from (named by the error).
+void check_context(GenerationRequest& r, const ParseContext& ctx, bool max_tokens_given, const char* max_tokens_param) {
   size_t longest = 0;
   for (const auto& p : r.prompts) longest = std::max(longest, p.size());
   const int64_t L = static_cast<int64_t>(longest);
@@ -246,9 +247,9 @@ void check_context(GenerationRequest& r, const ParseContext& ctx, bool max_token
   if (!max_tokens_given && r.chat) r.max_tokens = ctx.max_context - L;
   if (r.max_tokens > ctx.max_context - L)  // not L + max_tokens: max_tokens may be near INT64_MAX
     throw ApiError(400, "invalid_request_error",
-                   "the prompt (" + std::to_string(L) + " tokens) plus max_tokens (" + std::to_string(r.max_tokens) +
+                   "the prompt (" + std::to_string(L) + " tokens) plus " + max_tokens_param + " (" + std::to_string(r.max_tokens) +
                        ") exceeds the model's context of " + std::to_string(ctx.max_context) + " tokens",
-                   r.chat ? "max_completion_tokens" : "max_tokens", "context_length_exceeded");
+                   max_tokens_param, "context_length_exceeded");
   if (r.prompts.size() * static_cast<size_t>(r.n) > static_cast<size_t>(kMaxChoices))
     throw invalid("n", "prompts x n = " + std::to_string(r.prompts.size() * r.n) + " choices; at most " + std::to_string(kMaxChoices) + " per request");
 }
@@ -401,7 +402,7 @@ GenerationRequest parse_completion_request(std::string_view body, const ParseCon
   }
   r.echo = get_bool(j, "echo").value_or(false);
   parse_common(j, ctx, r, false);
-  check_context(r, ctx, mt.has_value());
+  check_context(r, ctx, mt.has_value(), "max_tokens");
   return r;
 }
 
@@ -485,7 +486,7 @@ GenerationRequest parse_chat_request(std::string_view body, const ParseContext& 
   }
   r.logprobs = lp ? static_cast<int>(top.value_or(0)) : -1;
   parse_common(j, ctx, r, true);
-  check_context(r, ctx, mt.has_value());
+  check_context(r, ctx, mt.has_value(), mt_name);
   return r;
 }
 
@@ -541,6 +542,21 @@ TokenReport ChoiceTracker::report(int32_t id, std::optional<float> logprob, cons
   return t;
 }
 
+std::string ChoiceTracker::release(const std::string& decoded) {
+  decoded_ += static_cast<int64_t>(decoded.size());
+  std::string out = stop_.push(decoded);
+  released_ += static_cast<int64_t>(out.size());
+  return out;
+}
+
+void ChoiceTracker::take_tokens(ChoiceDelta& d, bool all) {
+  while (!pending_.empty() && (all || pending_.front().first < released_)) {
+    d.tokens.push_back(std::move(pending_.front().second));
+    pending_.pop_front();
+  }
+  if (stop_.stopped()) pending_.clear();  // they start at or after the stop string: never reported
+}
+
 ChoiceDelta ChoiceTracker::on_event(const EngineEvent& e) {
   ChoiceDelta d;
   if (done_) return d;
@@ -568,24 +584,28 @@ ChoiceDelta ChoiceTracker::on_event(const EngineEvent& e) {
       ++completion_tokens_;
       const bool is_eos = !req_.ignore_eos && std::find(req_.eos_ids.begin(), req_.eos_ids.end(), e.token) != req_.eos_ids.end();
       if (is_eos) break;  // the end-of-sequence token is neither text nor a reported token
-      d.text += stop_.push(dec_.push(e.token));
       if (want_tokens) {
         TokenReport t = report(e.token, e.logprob, e.top);
         t.text_offset = offset_;
         t.stream_weights = e.stream_weights;
-        d.tokens.push_back(std::move(t));
+        pending_.push_back({decoded_, std::move(t)});
       }
       offset_ += static_cast<int64_t>(tok_.token_bytes(e.token).size());
+      d.text += release(dec_.push(e.token));
       if (stop_.stopped()) {
         done_ = true;
         d.finished = true;
         d.finish_reason = "stop";
       }
+      take_tokens(d, false);
       break;
     }
     case EngineEvent::Kind::Finished: {
-      d.text += stop_.push(dec_.flush());
-      d.text += stop_.flush();
+      d.text += release(dec_.flush());
+      const std::string rest = stop_.flush();
+      released_ += static_cast<int64_t>(rest.size());
+      d.text += rest;
+      take_tokens(d, !stop_.stopped());
       done_ = true;
       d.finished = true;
       if (stop_.stopped()) {

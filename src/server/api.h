@@ -6,6 +6,7 @@
 // events into a ChoiceTracker per choice and asks this file for the JSON it sends.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <optional>
 #include <string>
@@ -149,6 +150,16 @@ struct ChoiceDelta {
 
 // Follows one choice: decodes tokens incrementally, applies stop strings, collects logprobs.
 // After a stop string, the caller cancels the engine request; later events are ignored.
+//
+// Reported tokens (logprobs, stream weights) describe the returned text only: a generated token
+// is reported once some text at or after its start has been released (so never ahead of text
+// the stop matcher holds back), and when a stop string ends the choice, the tokens whose text
+// starts at or after the stop string's first byte are never reported. A token that straddles
+// the stop string (its text starts before it) is reported, whole. A token's start is the length
+// of the decoded completion text before it (a token with no text of its own, e.g. the first bytes
+// of a UTF-8 character, starts where the next text does). completion_tokens() still counts every
+// generated token, those that completed the stop string and the eos token included: they were
+// generated (and computed).
 class ChoiceTracker {
  public:
   ChoiceTracker(const GenerationRequest& req, const Tokenizer& tokenizer, size_t prompt_index);
@@ -163,6 +174,10 @@ class ChoiceTracker {
 
  private:
   TokenReport report(int32_t id, std::optional<float> logprob, const std::vector<TokenLogprob>& top);
+  // Passes decoded text through the stop matcher; returns what may be sent.
+  std::string release(const std::string& decoded);
+  // Moves the pending tokens that start before the released text's end (all: every one) to d.
+  void take_tokens(ChoiceDelta& d, bool all);
   const GenerationRequest& req_;
   const Tokenizer& tok_;
   size_t prompt_index_;
@@ -171,6 +186,9 @@ class ChoiceTracker {
   std::string text_;  // everything sent so far (echoed prompt text included)
   std::vector<TokenReport> tokens_;
   int64_t offset_ = 0;  // running byte offset for text_offset
+  int64_t decoded_ = 0;   // bytes of completion text the decoder produced so far
+  int64_t released_ = 0;  // bytes of it the stop matcher released (sent)
+  std::deque<std::pair<int64_t, TokenReport>> pending_;  // (start in decoded text, token) not yet reported
   int64_t completion_tokens_ = 0;
   bool done_ = false;
   bool echo_sent_ = false;

@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "server/api.h"
 #include "server/metrics.h"
+#include "server/routes.h"
 #include "server/web_assets.h"
 
 namespace parscale::server {
@@ -132,6 +133,7 @@ struct Server::Impl {
   ServerOptions opt;
   ModelCatalog catalog;
   ParseContext ctx;
+  RouterOptions router;
   httplib::Server http;
   int64_t created = static_cast<int64_t>(std::time(nullptr));
   std::mutex counters_mu;
@@ -151,6 +153,11 @@ struct Server::Impl {
     ctx.vocab_size = opt.vocab_size;
     ctx.max_context = opt.max_context;
     ctx.eos_ids = opt.eos_ids;
+    for (char c : opt.api_key)
+      check(c > ' ' && c < 0x7f, "serve: the API key must be printable ASCII without spaces");
+    router.api_key = opt.api_key;
+    router.max_body_bytes = opt.max_body_bytes;
+    for (const auto& a : web_assets()) router.asset_paths.emplace_back(a.path);
     setup();
   }
 
@@ -159,9 +166,15 @@ struct Server::Impl {
     ++counters.disconnects;
   }
 
-  bool authorized(const httplib::Request& req) const {
-    if (opt.api_key.empty()) return true;
-    return req.get_header_value("Authorization") == "Bearer " + opt.api_key;
+  // Stage 1 of routes.h for this request (throws ApiError 401 / 404 / 405).
+  Route route(const httplib::Request& req) const {
+    const auto auth = req.headers.find("Authorization");  // the first one (headers are case-insensitive)
+    return route_request(router, req.method, req.path, auth == req.headers.end() ? nullptr : &auth->second);
+  }
+
+  void reject(const httplib::Request& req, httplib::Response& res, const ApiError& e) const {
+    if (e.status == 405) res.set_header("Allow", allowed_methods(router, req.path));
+    send_error(res, e);
   }
 
   void setup() {
@@ -176,34 +189,22 @@ struct Server::Impl {
                                 {"Access-Control-Allow-Methods", "GET, POST, OPTIONS"},
                                 {"Access-Control-Max-Age", "600"}});
     }
+    // The API key, the path and the method are decided before the body is read (routes.h), so
+    // a refused request's body is never read.
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      // Open without a key: the health check, the static chat page, CORS preflights.
-      const bool open = req.path == "/health" || req.method == "OPTIONS" ||
-                        (req.method == "GET" && (req.path == "/" || req.path == "/index.html" || req.path == "/app.js" ||
-                                                 req.path == "/style.css"));
-      if (open || authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
-      send_error(res, ApiError(401, "invalid_request_error",
-                               req.has_header("Authorization") ? "incorrect API key" : "missing API key (Authorization: Bearer KEY)",
-                               "", "invalid_api_key"));
-      return httplib::Server::HandlerResponse::Handled;
-    });
-    http.set_error_handler(httplib::Server::HandlerWithResponse([max_body = opt.max_body_bytes](const httplib::Request& req,
-                                                                                                httplib::Response& res) {
-      // Only fills responses that have no body yet (routing failures, 413 from the body limit,
-      // malformed HTTP); the handlers' own errors already carry one.
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-      std::string msg;
-      if (res.status == 404) {
-        msg = "unknown path: " + req.method + " " + req.path;
-      } else if (res.status == 413) {
-        msg = "the request body is larger than the server's limit (" + std::to_string(max_body) +
-              " bytes; 8192 for Content-Type application/x-www-form-urlencoded, e.g. curl -d without "
-              "-H 'Content-Type: application/json')";
-      } else {
-        msg = "bad request (" + std::to_string(res.status) + ")";
+      try {
+        route(req);
+        return httplib::Server::HandlerResponse::Unhandled;
+      } catch (const ApiError& e) {
+        reject(req, res, e);
+        return httplib::Server::HandlerResponse::Handled;
       }
-      const std::string code = res.status == 404 ? "not_found" : res.status == 413 ? "payload_too_large" : "";
-      res.set_content(error_body(ApiError(res.status, "invalid_request_error", msg, "", code)), "application/json");
+    });
+    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+      // Only fills responses that have no body yet (cpp-httplib's own failures: 413 from the
+      // body limit, malformed HTTP); the handlers' own errors already carry one.
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      res.set_content(error_body(http_failure(res.status, req.method, req.path, opt.max_body_bytes)), "application/json");
       return httplib::Server::HandlerResponse::Handled;
     }));
     http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -221,42 +222,56 @@ struct Server::Impl {
       ++counters.responses_by_status[res.status];
     });
 
-    http.Options(R"(.*)", [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
-    http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content(R"({"status":"ok"})", "application/json");
-    });
-    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(dump_json(catalog.list_json(created)), "application/json");
-    });
-    http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
-      const std::string want = req.matches[1];
-      json list = catalog.list_json(created);
-      for (const auto& m : list["data"])
-        if (m["id"] == want) return res.set_content(dump_json(m), "application/json");
-      send_error(res, ApiError(404, "invalid_request_error", "the model '" + want + "' does not exist", "model", "model_not_found"));
-    });
-    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      HttpCounters c;
-      {
-        std::lock_guard<std::mutex> lock(counters_mu);
-        c = counters;
-      }
-      res.set_content(render_metrics(backend.stats(), c), "text/plain; version=0.0.4; charset=utf-8");
-    });
-    for (const auto& a : web_assets()) {
-      std::string path = a.path;
-      http.Get(path, [a](const httplib::Request&, httplib::Response& res) {
-        res.set_content(std::string(a.data, a.size), a.content_type);
-        res.set_header("Cache-Control", "no-cache");
-      });
-      if (path == "/index.html")
-        http.Get("/", [a](const httplib::Request&, httplib::Response& res) {
-          res.set_content(std::string(a.data, a.size), a.content_type);
-          res.set_header("Cache-Control", "no-cache");
-        });
+    // One handler per method for every path: the routing is routes.h's (already checked by the
+    // pre-routing hook; a path with a newline would not match cpp-httplib's ".*").
+    const auto dispatch = [this](const httplib::Request& req, httplib::Response& res) { serve(req, res); };
+    const char* const any_path = R"([\s\S]*)";
+    http.Get(any_path, dispatch);  // and HEAD
+    http.Post(any_path, dispatch);
+    http.Options(any_path, dispatch);
+  }
+
+  void serve(const httplib::Request& req, httplib::Response& res) {
+    Route r;
+    try {
+      r = route(req);
+    } catch (const ApiError& e) {
+      return reject(req, res, e);
     }
-    http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); });
-    http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { generate(req, res, true); });
+    switch (r.endpoint) {
+      case Endpoint::Preflight:
+        res.status = 204;
+        return;
+      case Endpoint::Health:
+        return res.set_content(R"({"status":"ok"})", "application/json");
+      case Endpoint::ListModels:
+        return res.set_content(dump_json(catalog.list_json(created)), "application/json");
+      case Endpoint::GetModel:
+        try {
+          return res.set_content(dump_json(model_json(catalog, created, r.target)), "application/json");
+        } catch (const ApiError& e) {
+          return send_error(res, e);
+        }
+      case Endpoint::Metrics: {
+        HttpCounters c;
+        {
+          std::lock_guard<std::mutex> lock(counters_mu);
+          c = counters;
+        }
+        return res.set_content(render_metrics(backend.stats(), c), "text/plain; version=0.0.4; charset=utf-8");
+      }
+      case Endpoint::Asset:
+        for (const auto& a : web_assets())
+          if (r.target == a.path) {
+            res.set_content(std::string(a.data, a.size), a.content_type);
+            res.set_header("Cache-Control", "no-cache");
+            return;
+          }
+        return send_error(res, http_failure(404, req.method, req.path, opt.max_body_bytes));
+      case Endpoint::Completions:
+      case Endpoint::ChatCompletions:
+        return generate(req, res, r.endpoint);
+    }
   }
 
   void job_ended() {
@@ -265,7 +280,8 @@ struct Server::Impl {
     jobs_cv.notify_all();
   }
 
-  void generate(const httplib::Request& hreq, httplib::Response& res, bool chat) {
+  void generate(const httplib::Request& hreq, httplib::Response& res, Endpoint endpoint) {
+    const bool chat = endpoint == Endpoint::ChatCompletions;
     {
       std::lock_guard<std::mutex> lock(jobs_mu);
       if (draining) return send_error(res, ApiError(503, "server_error", "the server is shutting down", "", "shutting_down"));
@@ -280,7 +296,7 @@ struct Server::Impl {
     } active{this};
     auto job = std::make_shared<Job>();
     try {
-      auto r = std::make_shared<GenerationRequest>(chat ? parse_chat_request(hreq.body, ctx) : parse_completion_request(hreq.body, ctx));
+      auto r = std::make_shared<GenerationRequest>(parse_generation(router, endpoint, hreq.body, ctx));
       job->req = r;
       for (size_t p = 0; p < r->prompts.size(); ++p) {
         job->prompt_tokens += static_cast<int64_t>(r->prompts[p].size());

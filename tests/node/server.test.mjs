@@ -152,6 +152,28 @@ test("stop strings cut the text before the stop, streamed or not", async () => {
   }
   assert.equal(text, cut);
   assert.equal(finish, "stop");
+
+  // logprobs describe the returned text: the tokens starting at or after the stop string are not
+  // reported (a token straddling its start is), streamed or not; usage counts them all.
+  const ask = { model: "demo", prompt: PROMPTS[0], max_tokens: 40, temperature: 0, ignore_eos: true, logprobs: 0 };
+  const all = (await client.completions.create(ask)).choices[0].logprobs;
+  const base = Buffer.byteLength(PROMPTS[0]), end = base + Buffer.byteLength(cut);
+  const kept = all.text_offset.filter((o) => o < end).length;
+  assert.ok(kept > 0 && kept < all.tokens.length);
+  const lr = await client.completions.create({ ...ask, stop });
+  assert.equal(lr.choices[0].text, cut);
+  assert.deepEqual(lr.choices[0].logprobs.tokens, all.tokens.slice(0, kept));
+  assert.deepEqual(lr.choices[0].logprobs.token_logprobs, all.token_logprobs.slice(0, kept));
+  assert.ok(lr.usage.completion_tokens >= kept);
+  const ls = await client.completions.create({ ...ask, stop, stream: true });
+  let sent = 0;
+  const streamed = [];
+  for await (const chunk of ls) for (const c of chunk.choices) {
+    sent += Buffer.byteLength(c.text);
+    for (const o of c.logprobs?.text_offset ?? []) assert.ok(o < base + sent, "a token's logprob came before its text");
+    streamed.push(...(c.logprobs?.tokens ?? []));
+  }
+  assert.deepEqual(streamed, all.tokens.slice(0, kept));
 });
 
 test("logprobs, echo and max_tokens 0 (prompt logprobs, as lm-evaluation-harness asks)", async () => {
