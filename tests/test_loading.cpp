@@ -238,6 +238,13 @@ TEST(Loading, ShardIndexErrors) {
   bad["weight_map"][name] = "../x.safetensors";
   write_bytes(dir / "model.safetensors.index.json", bad.dump());
   expect_load_error(dir, {"invalid shard file"});
+  // Names the filesystem refuses (too long; a NUL byte) are errors, not escaping exceptions.
+  bad["weight_map"][name] = std::string(300, 'x');
+  write_bytes(dir / "model.safetensors.index.json", bad.dump());
+  expect_load_error(dir, {"invalid shard file"});
+  bad["weight_map"][name] = std::string("model-00001-of-00002.safetensors") + '\0' + "x";
+  write_bytes(dir / "model.safetensors.index.json", bad.dump());
+  expect_load_error(dir, {"invalid shard file"});
 }
 
 TEST(Loading, NoWeights) {

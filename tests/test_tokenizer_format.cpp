@@ -198,6 +198,14 @@ TEST(TokenizerErrors, MissingOrBrokenFields) {
   j = synthetic_tokenizer();
   j["model"]["vocab"]["q"] = "seven";
   EXPECT_NE(error_of(j.dump()).find("model.vocab['q'] must be a non-negative integer id"), std::string::npos);
+  // A huge id would size the dense id table (a string per id): refused before allocating (the
+  // fuzzer's id 999999999 asked for 32 GB).
+  j = synthetic_tokenizer();
+  j["model"]["vocab"]["q"] = 999999999;
+  EXPECT_NE(error_of(j.dump()).find("model.vocab has the id 999999999"), std::string::npos) << error_of(j.dump());
+  j = synthetic_tokenizer();
+  j["added_tokens"].push_back({{"id", 1 << 29}, {"content", "<huge>"}, {"special", true}});
+  EXPECT_NE(error_of(j.dump()).find("added token '<huge>' has the id 536870912"), std::string::npos) << error_of(j.dump());
   j = synthetic_tokenizer();
   j.erase("pre_tokenizer");
   EXPECT_NE(error_of(j.dump()).find("missing field 'pre_tokenizer'"), std::string::npos);

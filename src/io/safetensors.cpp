@@ -193,13 +193,18 @@ std::shared_ptr<TensorStore> TensorStore::open_model_dir(const std::string& dir)
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
     if (!it.value().is_string()) throw Error(index.string() + ": weight_map['" + it.key() + "'] is not a string");
     const std::string shard = it.value().get<std::string>();
-    if (shard.find('/') != std::string::npos || shard == ".." || shard.empty())
-      throw Error(index.string() + ": weight_map['" + it.key() + "'] names an invalid shard file '" + shard + "'");
+    if (shard.find('/') != std::string::npos || shard.find('\0') != std::string::npos || shard == ".." || shard == "." ||
+        shard.empty() || shard.size() > 255)
+      throw Error(index.string() + ": weight_map['" + it.key().substr(0, 200) + "'] names an invalid shard file '" +
+                  shard.substr(0, 200) + "'");
     expected_by_file[shard].insert(it.key());
   }
-  for (const auto& [shard, names] : expected_by_file)
-    if (!fs::exists(fs::path(dir) / shard))
-      throw Error(index.string() + ": names shard '" + shard + "' (for '" + *names.begin() + "'), which does not exist");
+  for (const auto& [shard, names] : expected_by_file) {
+    std::error_code ec;  // (the throwing overload would escape as a std::filesystem_error, e.g. for a too-long name)
+    if (!fs::is_regular_file(fs::path(dir) / shard, ec))
+      throw Error(index.string() + ": names shard '" + shard.substr(0, 200) + "' (for '" + names.begin()->substr(0, 200) +
+                  "'), which " + (ec && ec != std::errc::no_such_file_or_directory ? "cannot be opened: " + ec.message() : "does not exist"));
+  }
   auto store = std::make_shared<TensorStore>();
   for (const auto& [shard, names] : expected_by_file) {
     const std::string path = (fs::path(dir) / shard).string();

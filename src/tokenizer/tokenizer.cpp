@@ -320,6 +320,10 @@ void parse_pre_tokenizer(const json& j, Tokenizer::Impl& t, bool& byte_level,
   }
 }
 
+// Largest token id + 1 accepted for n tokens: ids may leave gaps, but not make the dense id table
+// (a string per id) arbitrarily larger than the vocabulary.
+int64_t sparse_id_limit(int64_t n_tokens) { return 2 * n_tokens + 1024; }
+
 void parse_model(const json& m, const tokenizer_json::Tables& tables, Tokenizer::Impl& t, const std::string& where) {
   check(m.is_object(), where + ": missing object 'model'");
   const std::string type = type_of(m);
@@ -350,6 +354,11 @@ void parse_model(const json& m, const tokenizer_json::Tables& tables, Tokenizer:
     max_id = -1;
     for (const auto& kv : t.token_to_id) max_id = std::max(max_id, kv.second);
   }
+  // The id table is dense (id -> token), so a few huge ids must not size it: real vocabularies
+  // number their tokens 0..n-1.
+  const int64_t id_limit = sparse_id_limit(static_cast<int64_t>(tables.vocab.size()));
+  check(max_id < id_limit, where + ": model.vocab has the id " + std::to_string(max_id) + " for " +
+                               std::to_string(tables.vocab.size()) + " tokens (ids must be below " + std::to_string(id_limit) + ")");
   t.id_to_token.assign(static_cast<size_t>(max_id + 1), std::string());
   t.id_kind.assign(static_cast<size_t>(max_id + 1), 0);
   for (const auto& [token, id] : t.token_to_id) {
@@ -412,6 +421,10 @@ void parse_added_tokens(const json& j, Tokenizer::Impl& t, const std::string& wh
     tok.normalized = bool_field(a, "normalized", !tok.special, w);
     t.added.push_back(std::move(tok));
   }
+  const int64_t id_limit = sparse_id_limit(static_cast<int64_t>(t.id_to_token.size() + t.added.size()));
+  for (const AddedToken& tok : t.added)
+    check(tok.id < id_limit, where + ": added token '" + tok.content.substr(0, 60) + "' has the id " + std::to_string(tok.id) +
+                                 " (ids must be below " + std::to_string(id_limit) + " for this vocabulary)");
   for (size_t i = 0; i < t.added.size(); ++i) {
     const AddedToken& tok = t.added[i];
     const auto id = static_cast<size_t>(tok.id);
