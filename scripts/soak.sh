@@ -8,15 +8,22 @@
 # RSS at start and end, whether the server was alive at the end, its exit status, and the
 # sanitizer reports (leaks / UB / memory errors) written during the run and the shutdown.
 # Logs: build-asan/soak/ (server.log, asan.*, summary.json). Exit status 0 only when clean.
+# SOAK_RELEASE=1: the same load against the Release build (build/, logs in build/soak/), whose
+# RSS curve is the one to read for leaks and growth (ASan's quarantine of freed memory makes the
+# sanitized server's RSS climb by design).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-10}
 clients=${2:-4}
-dir=build-asan
-if [ ! -f "$dir/build.ninja" ]; then
-  launcher=()
-  if command -v ccache >/dev/null 2>&1; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache); fi
-  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARSCALE_SANITIZE=ON -DPARSCALE_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
+launcher=()
+if command -v ccache >/dev/null 2>&1; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache); fi
+if [ -n "${SOAK_RELEASE:-}" ]; then
+  dir=build
+  [ -f "$dir/build.ninja" ] || cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" >/dev/null
+else
+  dir=build-asan
+  [ -f "$dir/build.ninja" ] ||
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARSCALE_SANITIZE=ON -DPARSCALE_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
 fi
 cmake --build "$dir" -j"$(nproc)" --target parscale
 logs=$dir/soak
