@@ -5,9 +5,10 @@
 // inter-token latency p50/p99 and aggregate generated tokens/s, per model and for the mix.
 //
 //   node scripts/bench_serve.mjs --url http://127.0.0.1:8080 --models demo,demo:p4 \
-//        --clients 8 --requests 2 --prompt-tokens 128 --max-tokens 64 [--vocab 4096] [--api-key K] [--json]
+//        --clients 8 --requests 2 --prompt-tokens 128 --max-tokens 64 [--vocab 4096] [--api-key K] [--json] [--mix-only]
 //
-// --models a,b,c: one run per model, then one run where client i uses model i mod count ("mix").
+// --models a,b,c: one run per model, then one run where client i uses model i mod count ("mix");
+// --mix-only: just the mix run.
 // Node 18+ only (built-in fetch), no packages.
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1] && !all[i + 1].startsWith("--") ? all[i + 1] : "true"]] : acc), []));
@@ -19,6 +20,7 @@ const promptTokens = Number(args["prompt-tokens"] || 128);
 const maxTokens = Number(args["max-tokens"] || 64);
 const vocab = Number(args.vocab || 4096);
 const headers = { "Content-Type": "application/json" };
+let retries = 0;  // requests sent again after a stale kept-alive connection (see one())
 if (args["api-key"]) headers.Authorization = "Bearer " + args["api-key"];
 
 function percentile(xs, q) {
@@ -38,7 +40,20 @@ async function one(model, prompt) {
   const body = { prompt, max_tokens: maxTokens, temperature: 0, stream: true, ignore_eos: true, stream_options: { include_usage: true } };
   if (model) body.model = model;
   const t0 = performance.now();
-  const r = await fetch(url + "/v1/completions", { method: "POST", headers, body: JSON.stringify(body) });
+  // A kept-alive connection that the server closed between two requests fails before any response
+  // (undici "other side closed"); the server saw nothing, so send once more on a fresh connection.
+  // TTFT still counts from the first attempt.
+  let r;
+  for (let attempt = 0; ; ++attempt) {
+    try {
+      r = await fetch(url + "/v1/completions", { method: "POST", headers, body: JSON.stringify(body) });
+      break;
+    } catch (e) {
+      const code = e.cause && e.cause.code;
+      if (attempt >= 2 || !(code === "UND_ERR_SOCKET" || code === "ECONNRESET")) throw e;
+      ++retries;
+    }
+  }
   if (!r.ok) throw new Error(`${r.status}: ${await r.text()}`);
   const reader = r.body.getReader();
   const dec = new TextDecoder();
@@ -68,6 +83,7 @@ async function one(model, prompt) {
 }
 
 async function run(label, modelOf) {
+  retries = 0;
   const ttfts = [], gaps = [];
   let tokens = 0;
   const t0 = performance.now();
@@ -85,13 +101,13 @@ async function run(label, modelOf) {
     label, clients, requests: clients * perClient, prompt_tokens: promptTokens, max_tokens: maxTokens,
     ttft_p50_ms: percentile(ttfts, 0.5), ttft_p99_ms: percentile(ttfts, 0.99),
     itl_p50_ms: percentile(gaps, 0.5), itl_p99_ms: percentile(gaps, 0.99),
-    tokens, seconds: secs, tokens_per_s: tokens / secs,
+    tokens, seconds: secs, tokens_per_s: tokens / secs, retries,
   };
 }
 
 const results = [];
 const list = models.length ? models : [null];
-for (const m of list) results.push(await run(m || "(default)", () => m));
+if (args["mix-only"] !== "true") for (const m of list) results.push(await run(m || "(default)", () => m));
 if (list.length > 1) results.push(await run("mix", (c) => list[c % list.length]));
 if (args.json === "true") {
   console.log(JSON.stringify(results, null, 2));
