@@ -10,6 +10,7 @@
 #include "engine/batch_forward.h"
 #include "engine/engine.h"
 #include "engine/scheduler.h"
+#include "engine/step_runner.h"
 #include "model/kv_pool.h"
 #include "model/weights.h"
 #include "test_util.h"
@@ -190,17 +191,6 @@ std::vector<EngineRequest> demo_mix(int64_t V) {
   }
   return reqs;
 }
-
-// The production model pass behind the scheduler's interface (no engine thread: the test
-// drives the steps itself, so the schedule is deterministic).
-class BatchForwardRunner : public StepRunner {
- public:
-  BatchForwardRunner(const Backbone& b, KvPool& pool) : forward_(b, pool) {}
-  void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override { forward_.run(batch, out); }
-
- private:
-  BatchForward forward_;
-};
 
 }  // namespace
 

@@ -13,6 +13,7 @@
 #include "engine/sampling.h"
 #include "engine/scheduler.h"
 #include "engine/session.h"
+#include "engine/step_runner.h"
 #include "kernels/kernels.h"
 
 namespace parscale::bench {
@@ -389,17 +390,6 @@ MixResult run_mix(const ModelWeights& backbone, const std::vector<MixEntry>& mix
   return r;
 }
 
-namespace {
-class ForwardRunner : public StepRunner {
- public:
-  ForwardRunner(const Backbone& b, KvPool& pool) : forward_(b, pool) {}
-  void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override { forward_.run(batch, out); }
-
- private:
-  BatchForward forward_;
-};
-}  // namespace
-
 double quantile(std::vector<double> v, double q) {
   if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());
@@ -425,7 +415,7 @@ InterferenceResult run_interference(const ModelWeights& w, const InterferenceOpt
         "interference benchmark: the decoding sequences outgrow the context");
   const int64_t pages = P * (o.decoders * ((o.decoder_prompt + decode_tokens + PT - 1) / PT) + (o.long_prompt + PT) / PT + 1);
   KvPool pool(c, o.kv_dtype, PT, pages);
-  ForwardRunner runner(w.bb(), pool);
+  BatchForwardRunner runner(w.bb(), pool);
   EngineOptions eo;
   eo.page_tokens = PT;
   eo.kv_dtype = o.kv_dtype;

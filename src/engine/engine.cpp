@@ -7,21 +7,13 @@
 #include "core/error.h"
 #include "engine/batch_forward.h"
 #include "engine/engine_impl.h"
+#include "engine/step_runner.h"
 #include "model/backbone.h"
 #include "parscale/adapter.h"
 
 namespace parscale {
 
 namespace {
-
-class BatchForwardRunner : public StepRunner {
- public:
-  BatchForwardRunner(const Backbone& backbone, KvPool& pool) : forward_(backbone, pool) {}
-  void run(std::span<const SequenceChunk> batch, BatchOutputs& out) override { forward_.run(batch, out); }
-
- private:
-  BatchForward forward_;
-};
 
 EngineModel describe(const Adapter* a) {
   EngineModel m;

@@ -19,14 +19,16 @@ void grow(std::vector<T>& v, int64_t n) {
 }
 }  // namespace
 
-void ForwardWorkspace::reserve(const ModelConfig& c, int64_t N) {
-  grow(xn, N * c.hidden_size);
-  grow(q, N * c.q_dim());
-  grow(k, N * c.kv_dim());
-  grow(v, N * c.kv_dim());
-  grow(attn, N * c.q_dim());
-  grow(gate, std::min(N, kMlpRows) * c.intermediate_size);
-  grow(up, std::min(N, kMlpRows) * c.intermediate_size);
+void ForwardWorkspace::reserve(const ModelConfig& c, int64_t N, bool taped) {
+  if (!taped) {
+    grow(xn, N * c.hidden_size);
+    grow(q, N * c.q_dim());
+    grow(k, N * c.kv_dim());
+    grow(v, N * c.kv_dim());
+    grow(attn, N * c.q_dim());
+    grow(gate, std::min(N, kMlpRows) * c.intermediate_size);
+    grow(up, std::min(N, kMlpRows) * c.intermediate_size);
+  }
   grow(cos_t, N * c.head_dim / 2);
   grow(sin_t, N * c.head_dim / 2);
   grow(views, N);
@@ -116,13 +118,13 @@ void decoder_layer_forward(const Backbone& b, int64_t l, KvPool& pool, const Tok
   }
 }
 
-void decoder_prepare(const Backbone& b, const TokenRows& rows, ForwardWorkspace& ws) {
+void decoder_prepare(const Backbone& b, const TokenRows& rows, ForwardWorkspace& ws, bool taped) {
   const ModelConfig& c = b.config;
   for (int64_t i = 0; i < rows.n; ++i)
     if (rows.pos[i] < 0 || rows.pos[i] >= c.max_position_embeddings)
       throw Error("forward: position " + std::to_string(rows.pos[i]) + " is outside the context of " +
                   std::to_string(c.max_position_embeddings) + " tokens (max_position_embeddings)");
-  ws.reserve(c, rows.n);
+  ws.reserve(c, rows.n, taped);
   kernels::rope_tables(rows.pos, rows.n, ws.inv_freq.data(), c.head_dim, ws.cos_t.data(), ws.sin_t.data());
 }
 

@@ -33,11 +33,13 @@ struct TokenRows {
 
 // Scratch buffers of a forward pass, grown on demand (never inside a fixed-size decode loop
 // once reserved). Sizes in floats; N = token rows in the pass. gate/up hold at most 512 rows: the
-// MLP runs over row chunks of that size (bounded memory for long prefills).
+// MLP runs over row chunks of that size (bounded memory for long prefills). With taped = true
+// only what every pass needs (RoPE tables, attention views): the layers' intermediates go to
+// the caller's LayerTape instead of xn .. up.
 struct ForwardWorkspace {
   std::vector<float> xn, q, k, v, attn, gate, up, cos_t, sin_t, inv_freq;
   std::vector<kernels::KvView> views;
-  void reserve(const ModelConfig& c, int64_t n_tokens);
+  void reserve(const ModelConfig& c, int64_t n_tokens, bool taped = false);
 };
 
 // What the training backward needs of one layer's forward, recorded by decoder_layer_forward
@@ -71,8 +73,9 @@ kernels::PagedKV paged_layer(KvPool& pool, const ModelConfig& c, int64_t layer);
 void decoder_forward(const Backbone& b, KvPool& pool, const TokenRows& rows, float* x, ForwardWorkspace& ws);
 
 // Checks the rows' positions and readies ws for them (buffers, RoPE tables). decoder_forward
-// calls it; a caller running the layers one by one calls it once before the first layer.
-void decoder_prepare(const Backbone& b, const TokenRows& rows, ForwardWorkspace& ws);
+// calls it; a caller running the layers one by one calls it once before the first layer
+// (taped = true when every layer will get a LayerTape: no scratch for the intermediates).
+void decoder_prepare(const Backbone& b, const TokenRows& rows, ForwardWorkspace& ws, bool taped = false);
 
 // One decoder layer on x [N, H] in place (after decoder_prepare). The one layer function of the
 // project: inference passes no tape; training passes one to keep what its backward needs.

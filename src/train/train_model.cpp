@@ -135,7 +135,7 @@ void TrainModel::setup(int64_t B, int64_t L) {
     row_prefix_[static_cast<size_t>(i)] = stream_prefix(w_.adapter.get(), KVH_, D_, r / B);
   }
   rows_ = TokenRows{N_, pos_.data(), row_pages_.data(), row_prefix_.data()};
-  decoder_prepare(w_.bb(), rows_, fws_);  // checks positions, RoPE tables for the rows
+  decoder_prepare(w_.bb(), rows_, fws_, /*taped=*/true);  // checks positions, RoPE tables for the rows
   row_begin_.resize(static_cast<size_t>(R_ + 1));
   for (int64_t r = 0; r <= R_; ++r) row_begin_[static_cast<size_t>(r)] = r * L;
 
