@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include <omp.h>
+#include "core/threads.h"
 
 #include "kernels/backward.h"
 #include "kernels/kernels.h"
@@ -100,13 +100,13 @@ TEST(BackwardOps, MatmulIsThreadCountIndependent) {
   const int64_t M = 67, N = 33, K = 130;
   auto x = to_f(randn(M * K, 5)), W = to_f(randn(N * K, 6)), R = to_f(randn(M * N, 7));
   auto grads = [&](int threads, std::vector<float>& dW, std::vector<float>& dx) {
-    const int keep = omp_get_max_threads();
-    omp_set_num_threads(threads);
+    const int keep = parscale::num_threads();
+    parscale::set_num_threads(threads);
     dW.assign(N * K, 0.f);
     dx.assign(M * K, 0.f);
     kb::matmul_backward_weight(R.data(), x.data(), M, N, K, dW.data(), static_cast<float*>(nullptr));
     kb::matmul_backward_input(R.data(), M, W.data(), N, K, dx.data(), false);
-    omp_set_num_threads(keep);
+    parscale::set_num_threads(keep);
   };
   std::vector<float> a, b, c, d;
   grads(1, a, b);
@@ -234,7 +234,7 @@ TEST(BackwardOps, AttentionWithPrefixAndGqa) {
     out_of(out);
     return dot(out, R);
   };
-  Vec out, lse(N * NH), dq(N * NH * D), dk(k.size(), 0.0), dv(v.size(), 0.0), scratch(omp_get_max_threads() * kb::attention_backward_scratch(C, D));
+  Vec out, lse(N * NH), dq(N * NH * D), dk(k.size(), 0.0), dv(v.size(), 0.0), scratch(parscale::num_threads() * kb::attention_backward_scratch(C, D));
   out_of(out);
   kb::attention_lse(q.data(), k.data(), rows, row_begin.data(), nvis.data(), NH, KVH, C, D, scale, lse.data());
   kb::attention_backward(q.data(), k.data(), v.data(), out.data(), lse.data(), R.data(), rows, row_begin.data(), nvis.data(), NH,
@@ -244,7 +244,7 @@ TEST(BackwardOps, AttentionWithPrefixAndGqa) {
   EXPECT_LT(fd_error(v, dv, forward), kFdTol);
   // Float: the forward kernel's output and lse feed the float backward.
   auto qf = to_f(q), kf = to_f(k), vf = to_f(v), Rf = to_f(R);
-  std::vector<float> of(N * NH * D), lf(N * NH), sc(omp_get_max_threads() * C), dqf(N * NH * D), dkf(k.size(), 0.f), dvf(v.size(), 0.f), sc2(omp_get_max_threads() * kb::attention_backward_scratch(C, D));
+  std::vector<float> of(N * NH * D), lf(N * NH), sc(parscale::num_threads() * C), dqf(N * NH * D), dkf(k.size(), 0.f), dvf(v.size(), 0.f), sc2(parscale::num_threads() * kb::attention_backward_scratch(C, D));
   kb::KVLayer kv{kf.data(), vf.data(), KVH, C, D};
   kb::attention(qf.data(), N, NH, row.data(), nvis.data(), kv, static_cast<float>(scale), of.data(), sc.data(), lf.data());
   EXPECT_LT(max_diff(of, out), kF32Tol);

@@ -2,7 +2,7 @@
 // (double-precision accumulation): matmul for every weight dtype and shapes with ragged edges,
 // attention with GQA and long contexts (several key blocks), RMSNorm and SwiGLU.
 #include <gtest/gtest.h>
-#include <omp.h>
+#include "core/threads.h"
 
 #include <cmath>
 #include <random>
@@ -136,7 +136,7 @@ TEST_F(KernelPaths, AttentionMatchesReferenceWithGqaAndLongContext) {
       const std::vector<int32_t> nvis{1, static_cast<int32_t>(c.capacity), static_cast<int32_t>(c.capacity / 2) + 1, 65 % static_cast<int32_t>(c.capacity) + 1, 2};
       std::vector<float> want(q.size()), got(q.size()), lse(static_cast<size_t>(N * c.heads), 0.0f);
       // The contract: num_threads * max(n_visible) floats (the machine may have more than 64 threads).
-      std::vector<float> scratch(static_cast<size_t>(omp_get_max_threads()) * static_cast<size_t>(c.capacity));
+      std::vector<float> scratch(static_cast<size_t>(parscale::num_threads()) * static_cast<size_t>(c.capacity));
       const float scale = 1.0f / std::sqrt(static_cast<float>(c.D));
       attention_ref(q.data(), N, c.heads, row.data(), nvis.data(), kv, scale, want.data());
       attention(q.data(), N, c.heads, row.data(), nvis.data(), kv, scale, got.data(), scratch.data(), lse.data());

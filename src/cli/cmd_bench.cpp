@@ -4,7 +4,6 @@
 // and tokens/s, peak resident memory, and the roofline lower bound from this machine's streaming
 // read bandwidth and FMA rate (both probed once at start). Random weights of a named shape are
 // generated in memory directly in the target dtype, ParScale prefixes and aggregation included.
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>

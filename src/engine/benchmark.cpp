@@ -1,6 +1,6 @@
 #include "engine/benchmark.h"
 
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <chrono>
@@ -50,20 +50,21 @@ struct RandomFactory {
       check(cols % block == 0, "random q8 weights need cols divisible by 32");
       float* scales = reinterpret_cast<float*>(arena->allocate(static_cast<size_t>(rows * (cols / block)) * sizeof(float)));
       int8_t* q = reinterpret_cast<int8_t*>(buf);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::lround(127.0f * uniform_pm1(s, static_cast<uint64_t>(i))));
+      parallel_for(n, grain_for(n), [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) q[i] = static_cast<int8_t>(std::lround(127.0f * uniform_pm1(s, static_cast<uint64_t>(i))));
+      });
       for (int64_t i = 0; i < rows * (cols / block); ++i) scales[i] = a / 127.0f;
       v.scales = scales;
       v.block = block;
       return v;
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t c0 = 0; c0 < n; c0 += 4096) {
+    parallel_for_each((n + 4095) / 4096, grain_for((n + 4095) / 4096), [&](int64_t c) {
+      const int64_t c0 = c * 4096;
       float tmp[4096];
       const int64_t m = std::min<int64_t>(4096, n - c0);
       for (int64_t i = 0; i < m; ++i) tmp[i] = a * uniform_pm1(s, static_cast<uint64_t>(c0 + i));
       convert_from_f32(dtype, tmp, buf + c0 * dtype_size(dtype), static_cast<size_t>(m));
-    }
+    });
     return v;
   }
   const float* vec(int64_t n, float center, float spread) {

@@ -5,7 +5,7 @@
 #include <limits>
 #include <string>
 
-#include <omp.h>
+#include "core/threads.h"
 
 #include "core/error.h"
 #include "parscale/adapter.h"
@@ -564,14 +564,14 @@ void Scheduler::step() {
   // Next tokens: sampling and log-softmax over V per sequence, independent (each sequence has
   // its own sampler), so in parallel; the events then go out in batch order.
   const int64_t n_picks = static_cast<int64_t>(picks_.size());
-  scratch_.resize(static_cast<size_t>(std::max(1, omp_get_max_threads())));
-#pragma omp parallel for schedule(dynamic, 1) if (n_picks > 1)
-  for (int64_t k = 0; k < n_picks; ++k) {
-    Pick& p = picks_[static_cast<size_t>(k)];
-    const int64_t r = last_row[p.chunk];
-    p.ok = pick(*chunk_seq_[p.chunk], out_.logits.data() + r * vocab_,
-                scratch_[static_cast<size_t>(omp_get_thread_num())], p.event);
-  }
+  scratch_.resize(static_cast<size_t>(num_threads()));
+  parallel_for(n_picks, 1, [&](int64_t kb, int64_t ke, int thread) {
+    for (int64_t k = kb; k < ke; ++k) {
+      Pick& p = picks_[static_cast<size_t>(k)];
+      const int64_t r = last_row[p.chunk];
+      p.ok = pick(*chunk_seq_[p.chunk], out_.logits.data() + r * vocab_, scratch_[static_cast<size_t>(thread)], p.event);
+    }
+  });
   for (Pick& p : picks_) {
     Sequence& s = *chunk_seq_[p.chunk];
     const int64_t r = last_row[p.chunk];

@@ -1,7 +1,7 @@
 // Attention of N query tokens over their KV: a fp32 prefix (ParScale stream prefix, read in place
 // from the adapter) followed by real-token slots in pages of a paged pool (F32/BF16/F16).
 // The contiguous per-row cache of training is the special case of one page per row.
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <cmath>
@@ -54,9 +54,9 @@ void detail::attention_paged_scalar(const float* q, int64_t N, int64_t n_heads, 
                                     float scale, float* out, float* lse) {
   const int64_t D = kv.head_dim;
   const int64_t group = n_heads / kv.n_kv_heads;
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
-  for (int64_t i = 0; i < N; ++i) {
-    for (int64_t h = 0; h < n_heads; ++h) {
+  parallel_for(N * n_heads, 1, [&](int64_t tb, int64_t te, int) {
+    for (int64_t task = tb; task < te; ++task) {
+      const int64_t i = task / n_heads, h = task % n_heads;
       float kbuf[kMaxHeadDim], vbuf[kMaxHeadDim], o[kMaxHeadDim];
       const KvView& view = views[i];
       const float* qh = q + (i * n_heads + h) * D;
@@ -85,7 +85,7 @@ void detail::attention_paged_scalar(const float* q, int64_t N, int64_t n_heads, 
       for (int64_t d = 0; d < D; ++d) dst[d] = o[d] * inv;
       if (lse) lse[i * n_heads + h] = mx + std::log(l);
     }
-  }
+  });
 }
 
 void attention_paged(const float* q, int64_t N, int64_t n_heads, const KvView* views, const PagedKV& kv, float scale,

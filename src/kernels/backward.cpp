@@ -6,7 +6,7 @@
 // gradients are bitwise reproducible whatever the thread count.
 #include "kernels/backward.h"
 
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 // Run-time selection of the kernel path and the public entry points that forward to it.
 #include "kernels/dispatch.h"
 
-#include <omp.h>
+#include "core/threads.h"
 #include <sys/mman.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <functional>
 #include <mutex>
+#include <vector>
 #include <string>
 
 #include "core/error.h"
@@ -169,15 +170,12 @@ double probe_fma_gflops(double seconds) {
   double best = 0.0;
   const auto start = std::chrono::steady_clock::now();
   do {
-    int threads = 1;
+    const int threads = num_threads();
+    std::vector<float> part(static_cast<size_t>(threads));
     const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(threads, 1, [&](int64_t b, int64_t, int) { part[static_cast<size_t>(b)] = t.fma_chains(iters); });
     float acc = 0.0f;
-#pragma omp parallel reduction(+ : acc)
-    {
-#pragma omp single
-      threads = omp_get_num_threads();
-      acc += t.fma_chains(iters);
-    }
+    for (float p : part) acc += p;
     volatile float sink = acc;
     (void)sink;
     const double dt = seconds_since(t0);
@@ -201,20 +199,16 @@ double probe_read_bandwidth(size_t bytes, double seconds) {
   std::unique_ptr<void, std::function<void(void*)>> unmap(base, [len](void* p) { ::munmap(p, len); });
   float* buf_ptr = aligned;
   // First touch by the threads that read it (page placement), values that cannot be denormal.
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) buf_ptr[i] = 1.0f;
+  const int64_t nt = num_threads(), per = (n + nt - 1) / nt;
+  parallel_for(n, per, [&](int64_t b, int64_t e, int) { std::fill(buf_ptr + b, buf_ptr + e, 1.0f); });
+  std::vector<float> part(static_cast<size_t>(nt));
   double best = 0.0;
   const auto start = std::chrono::steady_clock::now();
   do {
     const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(n, per, [&](int64_t b, int64_t e, int) { part[static_cast<size_t>(b / per)] = t.read_sum(buf_ptr + b, e - b); });
     float acc = 0.0f;
-#pragma omp parallel reduction(+ : acc)
-    {
-      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t per = (n + nt - 1) / nt;
-      const int64_t b = std::min(n, id * per), e = std::min(n, b + per);
-      acc += t.read_sum(buf_ptr + b, e - b);
-    }
+    for (float p : part) acc += p;
     volatile float sink = acc;
     (void)sink;
     best = std::max(best, static_cast<double>(n) * sizeof(float) / seconds_since(t0) / 1e9);

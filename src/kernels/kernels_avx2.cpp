@@ -1,7 +1,7 @@
 // The AVX2 + FMA + F16C kernel path (8 fp32 lanes). Compiled with a target pragma after all
 // includes, so only the code below uses these instructions; it runs only when dispatch.cpp has
 // checked the CPU.
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <cmath>

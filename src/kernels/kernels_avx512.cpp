@@ -1,6 +1,6 @@
 // The AVX-512 (F, BW, VL) + FMA + F16C kernel path (16 fp32 lanes). Same bodies as the AVX2 path
 // (simd_impl.inc) with wider registers and a larger register block (32 vector registers).
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <cmath>

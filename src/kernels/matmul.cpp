@@ -1,7 +1,7 @@
 // Scalar matmul y = x · W^T for W stored as F32, BF16, F16 or I8 (per-block scales), and its
 // double-precision reference. Parallel over blocks of W rows, so each weight byte is read once per call whatever M is:
 // this is what makes P streams (M = B·P rows) cost about as much as one during decoding.
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <cstring>
@@ -58,8 +58,8 @@ namespace detail {
 void matmul_scalar(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate) {
   const int64_t N = W.rows, K = W.cols;
   const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(static)
-  for (int64_t nb = 0; nb < n_blocks; ++nb) {
+  parallel_for(n_blocks, 1, [&](int64_t bb, int64_t be, int) {
+  for (int64_t nb = bb; nb < be; ++nb) {
     alignas(64) float wbuf[kRowBlock][kKChunk];
     const int64_t n0 = nb * kRowBlock;
     const int64_t nr = std::min(kRowBlock, N - n0);
@@ -76,6 +76,7 @@ void matmul_scalar(const float* x, int64_t M, const WeightView& W, const float* 
       }
     }
   }
+  });
 }
 }  // namespace detail
 

@@ -5,7 +5,7 @@
 // pairs k = 2l, 2l + 1 + 32i), one horizontal sum, then y += it.
 //
 // Reference: matmul_bf16_ref (bf16-rounded x, exact products, double accumulation).
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -55,8 +55,8 @@ inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
 // xb[m, 0 .. Kp) = bf16(x[m, 0 .. K)), zero padded to Kp (a multiple of 32).
 void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb) {
-#pragma omp parallel for schedule(static) if (M * K > (int64_t{1} << 20))
-  for (int64_t m = 0; m < M; ++m) {
+  parallel_for(M, M * K > (int64_t{1} << 20) ? grain_for(M) : M, [&](int64_t mb, int64_t me, int) {
+  for (int64_t m = mb; m < me; ++m) {
     const float* s = x + m * K;
     uint16_t* d = xb + m * Kp;
     int64_t k = 0;
@@ -72,6 +72,7 @@ void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb
       _mm512_storeu_si512(d + k, (__m512i)v);
     }
   }
+  });
 }
 
 // Partial sums of MRr x rows by NR weight rows over k in [k0, k0 + kc) (kc a multiple of 32 except
@@ -147,11 +148,9 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
   const uint16_t* wdata = static_cast<const uint16_t*>(Wt.data);
   const int64_t n_tiles = (N + NB - 1) / NB;
   constexpr int64_t lda = NB * kLanes;
-#pragma omp parallel
-  {
+  parallel_for(n_tiles, 1, [&](int64_t tb, int64_t te, int) {
     alignas(64) float accbuf[MB * NB * kLanes];
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n_tiles; ++t) {
+    for (int64_t t = tb; t < te; ++t) {
       const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
       for (int64_t m0 = 0; m0 < M; m0 += MB) {
         const int64_t mb = std::min(MB, M - m0);
@@ -171,7 +170,7 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
         }
       }
     }
-  }
+  });
 }
 
 // The calling thread's bf16 copy of x (grows to the largest M·Kp seen; never shrinks).

@@ -1,3 +1,4 @@
+#include "core/threads.h"
 #include "model/weights.h"
 
 #include <sys/mman.h>
@@ -46,8 +47,7 @@ uint8_t* WeightArena::allocate(size_t bytes) {
 void quantize_q8(const float* src, int64_t rows, int64_t cols, int64_t block, int8_t* q, float* scales) {
   check(block > 0 && cols % block == 0, "quantize_q8: block " + std::to_string(block) + " does not divide " + std::to_string(cols) + " columns");
   const int64_t nb = cols / block;
-#pragma omp parallel for schedule(static) if (rows * cols > 65536)
-  for (int64_t r = 0; r < rows; ++r)
+  parallel_for_each(rows, rows * cols > 65536 ? grain_for(rows) : rows, [&](int64_t r) {
     for (int64_t b = 0; b < nb; ++b) {
       const float* v = src + r * cols + b * block;
       float amax = 0.0f;
@@ -58,6 +58,7 @@ void quantize_q8(const float* src, int64_t rows, int64_t cols, int64_t block, in
       for (int64_t k = 0; k < block; ++k)
         q[r * cols + b * block + k] = static_cast<int8_t>(std::lround(std::clamp(v[k] * inv, -127.0f, 127.0f)));
     }
+  });
 }
 
 WeightView convert_weight(const WeightView& src, DType target, int64_t block, WeightArena& arena) {
@@ -76,11 +77,9 @@ WeightView convert_weight(const WeightView& src, DType target, int64_t block, We
   // Row chunks of ~64K values through an fp32 buffer per thread.
   const int64_t chunk_rows = std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1));
   const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
-#pragma omp parallel
-  {
+  parallel_for(n_chunks, grain_for(n_chunks), [&](int64_t cb, int64_t ce, int) {
     std::vector<float> tmp(static_cast<size_t>(chunk_rows * cols));
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < n_chunks; ++c) {
+    for (int64_t c = cb; c < ce; ++c) {
       const int64_t r0 = c * chunk_rows, nr = std::min(chunk_rows, rows - r0);
       for (int64_t r = 0; r < nr; ++r) kernels::weight_row_f32(src, r0 + r, tmp.data() + r * cols);
       if (target == DType::I8)
@@ -88,7 +87,7 @@ WeightView convert_weight(const WeightView& src, DType target, int64_t block, We
       else
         convert_from_f32(target, tmp.data(), dst + static_cast<size_t>(r0 * cols) * dtype_size(target), static_cast<size_t>(nr * cols));
     }
-  }
+  });
   return out;
 }
 

@@ -1,10 +1,11 @@
 #include "research/hardware_probe.h"
 
-#include <omp.h>
+#include "core/threads.h"
 
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <vector>
 
 #include "core/error.h"
 
@@ -40,14 +41,13 @@ BandwidthProbe measure_memory_bandwidth(long elements, int repeats) {
   check(elements > 0 && repeats > 0, "measure_memory_bandwidth: elements and repeats must be > 0");
   std::unique_ptr<float[]> a(new float[elements]), b(new float[elements]), c(new float[elements]);
   // First touch in parallel, so pages land near the threads that stream them.
-#pragma omp parallel for schedule(static)
-  for (long i = 0; i < elements; ++i) {
+  parallel_for_each(elements, grain_for(elements), [&](int64_t i) {
     a[i] = 0.0f;
     b[i] = 1.0f;
     c[i] = 2.0f;
-  }
+  });
   BandwidthProbe probe;
-  probe.threads = omp_get_max_threads();
+  probe.threads = num_threads();
   probe.bytes_moved = 3.0 * sizeof(float) * static_cast<double>(elements);
   const float scalar = 3.0f;
   double best = 0;
@@ -56,8 +56,9 @@ BandwidthProbe measure_memory_bandwidth(long elements, int repeats) {
   const float* pc = c.get();
   for (int r = 0; r < repeats; ++r) {
     auto start = std::chrono::steady_clock::now();
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < elements; ++i) pa[i] = pb[i] + scalar * pc[i];
+    parallel_for(elements, grain_for(elements, 1), [&](int64_t b, int64_t e, int) {
+      for (int64_t i = b; i < e; ++i) pa[i] = pb[i] + scalar * pc[i];
+    });
     const double t = seconds_since(start);
     best = std::max(best, probe.bytes_moved / t);
   }
@@ -70,14 +71,17 @@ BandwidthProbe measure_memory_bandwidth(long elements, int repeats) {
 FlopProbe measure_fp32_fma_flops(long iterations, int repeats) {
   check(iterations > 0 && repeats > 0, "measure_fp32_fma_flops: iterations and repeats must be > 0");
   FlopProbe probe;
-  probe.threads = omp_get_max_threads();
+  probe.threads = num_threads();
   double best = 0;
   float sink = 0;
+  std::vector<float> part(static_cast<size_t>(probe.threads));
   for (int r = 0; r < repeats; ++r) {
     auto start = std::chrono::steady_clock::now();
     const long steps = iterations;
-#pragma omp parallel reduction(+ : sink)
-    sink += fma_chains(steps, 1.0f + 1e-3f * static_cast<float>(omp_get_thread_num()));
+    parallel_for(probe.threads, 1, [&](int64_t b, int64_t, int) {
+      part[static_cast<size_t>(b)] = fma_chains(steps, 1.0f + 1e-3f * static_cast<float>(b));
+    });
+    for (float p : part) sink += p;
     const double t = seconds_since(start);
     const double flops = 2.0 * kChains * static_cast<double>(steps) *
                          static_cast<double>(probe.threads);

@@ -1,3 +1,4 @@
+#include "core/threads.h"
 #include "train/optimizer.h"
 
 #include <algorithm>
@@ -48,14 +49,13 @@ double AdamW::step(ParameterSet& p, Gradients& g, double lr, double global_norm)
     float* vi = v[i].data();
     const int64_t n = static_cast<int64_t>(g.values[i].size());
     const float decay = gets_weight_decay(specs_[i]) ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t j = 0; j < n; ++j) {
+    parallel_for_each(n, n > 65536 ? grain_for(n) : n, [&](int64_t j) {
       const float gj = clip < 1.0f ? gi[j] * clip : gi[j];
       w[j] *= decay;
       mi[j] = b1 * mi[j] + (1.0f - b1) * gj;
       vi[j] = b2 * vi[j] + (1.0f - b2) * gj * gj;
       w[j] -= step_size * mi[j] / (std::sqrt(vi[j]) * inv_sqrt_bc2 + eps);
-    }
+    });
   }
   return norm;
 }

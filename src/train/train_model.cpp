@@ -62,11 +62,10 @@ void matmul_rows(const float* x, int64_t M, const WeightView& W, const float* bi
       kb::matmul(x + m0 * W.cols, std::min(chunk, M - m0), W, bias, y + m0 * W.rows);
     return;
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for_each(chunks, grain_for(chunks), [&](int64_t c) {
     const int64_t m0 = c * chunk;
     kb::matmul(x + m0 * W.cols, std::min(chunk, M - m0), W, bias, y + m0 * W.rows);
-  }
+  });
 }
 
 }  // namespace
@@ -384,15 +383,15 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
     layer_backward(l, xs_[static_cast<size_t>(l)].data(), dx.data(), g, l > 0 || gemb != nullptr);
   if (gemb) {
     // Embedding rows: Σ over streams and tokens, in token order (columns in parallel).
-#pragma omp parallel for schedule(static) if (M_ * H_ > 65536)
-    for (int64_t k0 = 0; k0 < H_; k0 += 16) {
-      const int64_t k1 = std::min(H_, k0 + 16);
+    const int64_t col_blocks = (H_ + 15) / 16;
+    parallel_for_each(col_blocks, M_ * H_ > 65536 ? grain_for(col_blocks) : col_blocks, [&](int64_t cb) {
+      const int64_t k0 = cb * 16, k1 = std::min(H_, k0 + 16);
       for (int64_t i = 0; i < M_; ++i) {
         float* row = gemb + static_cast<int64_t>(ids[i]) * H_;
         for (int64_t s = 0; s < P_; ++s)
           for (int64_t k = k0; k < k1; ++k) row[k] += dx[static_cast<size_t>((s * M_ + i) * H_ + k)];
       }
-    }
+    });
   }
   return loss;
 }

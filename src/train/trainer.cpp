@@ -191,11 +191,7 @@ double evaluate(TrainModel& model, const Dataset& data, int64_t sequences, int64
 
 void flush_denormals_to_zero() {
 #if defined(__x86_64__) || defined(__i386__)
-#pragma omp parallel
-  {
-    _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
-    _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
-  }
+  // The calling thread only: the thread pool runs every block with its caller's MXCSR.
   _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
   _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
 #endif
