@@ -75,8 +75,18 @@ TEST_P(TrainGolden, LossAndGradients) {
     auto mask = train::trainable_mask(p.specs, std::string(mode) == "full" ? train::TrainMode::All : train::TrainMode::ParScale);
     auto g = train::Gradients::for_mask(p.specs, mask);
     const double loss = model.forward_backward(ids.data(), B, L, scale, &g) * scale;
+    EXPECT_TRUE(model.kept_all_tapes());
     EXPECT_NEAR(loss, golden["loss"].get<double>(), 2e-6) << mode;
     expect_grads(p, g, golden[mode]["grads"], GetParam() + "/" + mode);
+    // Checkpointing (no room for the tapes: the backward recomputes each layer) gives bitwise the
+    // same loss and gradients.
+    train::TrainModel recompute(p);
+    recompute.set_activation_memory(0);
+    auto g2 = train::Gradients::for_mask(p.specs, mask);
+    EXPECT_EQ(recompute.forward_backward(ids.data(), B, L, scale, &g2) * scale, loss) << mode;
+    EXPECT_FALSE(recompute.kept_all_tapes());
+    for (size_t i = 0; i < g.values.size(); ++i)
+      EXPECT_TRUE(g.values[i] == g2.values[i]) << mode << ": " << p.specs[i].name << " differs with recompute";
   }
   // Loss-only path agrees with the training path.
   EXPECT_NEAR(model.forward_backward(ids.data(), B, L, scale, nullptr) * scale, golden["loss"].get<double>(), 2e-6);

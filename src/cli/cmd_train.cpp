@@ -39,6 +39,7 @@ struct Opts {
   double smooth = 0.01;
   double eval_fraction = 0.02;
   int threads = 0;
+  int64_t activation_mib = 1024;
   bool bench = false, no_progress = false, json = false;
   parscale::train::TrainerOptions t;
 };
@@ -102,6 +103,10 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
   app.add_option("--save-dtype", o->save_dtype, "dtype of saved model files with --train all: f32 or bf16")
       ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--threads", o->threads, "worker threads per process (0 = all cores)");
+  app.add_option("--activation-memory", o->activation_mib,
+                 "MiB for every layer's forward intermediates; beyond it each layer is recomputed in the backward (same results)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_flag("--bench", o->bench, "benchmark: train on random tokens, write nothing, print tokens/s");
   app.add_flag("--no-progress", o->no_progress, "no progress bar on stderr");
   app.add_flag("--json", o->json, "print a JSON summary on stdout at the end");
@@ -116,6 +121,8 @@ parscale::cli::RegisterCommand reg("train", "fine-tune ParScale streams on a fro
       t.tokenizer_dir = o->tokenizer.empty() ? o->model : o->tokenizer;
       t.progress = !o->no_progress;
       t.save_dtype = o->save_dtype == "bf16" ? DType::BF16 : DType::F32;
+      if (o->activation_mib > (int64_t{1} << 40)) throw Error("--activation-memory: " + std::to_string(o->activation_mib) + " MiB is out of range");
+      t.activation_memory = o->activation_mib << 20;
       ParameterSet params = load_parameters(o->model, o->adapters);
       if (o->streams > 1) {
         if (params.config.parscale_n > 1) throw Error("--streams: " + o->model + " is already a ParScale model (P = " + std::to_string(params.config.parscale_n) + ")");

@@ -46,8 +46,10 @@ int64_t index_of(const ParameterSet& p, const std::string& name) {
   return -1;
 }
 
-// Rows of logits computed at once in the lm_head (bounds the [rows, V] buffer).
-constexpr int64_t kHeadChunk = 128;
+// Rows of logits computed at once in the lm_head: a [rows, V] buffer of about 32 MiB, 128 to 4096
+// rows. Fewer chunks mean fewer passes of the lm_head gradient [V, H] through memory (each chunk
+// adds into all of it). Depends on V only, so results do not depend on threads or ranks.
+int64_t head_chunk_rows(int64_t V) { return std::clamp<int64_t>((int64_t{32} << 20) / (4 * std::max<int64_t>(V, 1)), 128, 4096); }
 
 // kernels::matmul over row chunks that stay in cache: the forward kernel computes every y[m, n]
 // independently of the other rows (parallel over W rows), so chunking gives bitwise the same
@@ -101,7 +103,7 @@ TrainModel::TrainModel(const ParameterSet& params) : params_(params), c_(params.
   scale_ = 1.0f / std::sqrt(static_cast<float>(D_));
 }
 
-void TrainModel::setup(int64_t B, int64_t L) {
+void TrainModel::setup(int64_t B, int64_t L, bool backward) {
   check(B > 0 && L > 0, "train: batch and sequence length must be > 0");
   if (L > c_.max_position_embeddings)
     throw Error("train: sequence length " + std::to_string(L) + " exceeds max_position_embeddings = " +
@@ -143,16 +145,28 @@ void TrainModel::setup(int64_t B, int64_t L) {
   grow(hn_, N_ * H_);
   grow(agg_, M_ * H_);
   const int64_t cache = R_ * KVH_ * C_ * D_;
-  for (auto* b : {&xn1_, &hmid_, &xn2_, &tmp_, &dxn_}) grow(*b, N_ * H_);
-  for (auto* b : {&q_, &attn_, &dattn_, &dq_}) grow(*b, N_ * QD_);
-  for (auto* b : {&k_, &v_, &dk_, &dv_}) grow(*b, N_ * KD_);
-  if (c_.qk_norm) {
-    grow(qpre_, N_ * QD_);
-    grow(kpre_, N_ * KD_);
-  }
+  for (auto* b : {&tmp_, &dxn_}) grow(*b, N_ * H_);
+  for (auto* b : {&dattn_, &dq_}) grow(*b, N_ * QD_);
+  for (auto* b : {&dk_, &dv_}) grow(*b, N_ * KD_);
   for (auto* b : {&kbuf_, &vbuf_, &dkbuf_, &dvbuf_}) grow(*b, cache);
-  for (auto* b : {&gate_, &up_, &act_, &dact_}) grow(*b, N_ * I_);
-  grow(lse_, N_ * NH_);
+  grow(dact_, N_ * I_);
+  // Tapes: every layer's when they fit the budget (a backward then needs no recompute).
+  const int64_t tape_floats =
+      N_ * (3 * H_ + 2 * QD_ + 2 * KD_ + NH_ + 3 * I_ + (c_.qk_norm ? QD_ + KD_ : 0));
+  tape_all_ = backward && NL_ * tape_floats * static_cast<int64_t>(sizeof(float)) <= activation_budget_;
+  if (acts_.size() < static_cast<size_t>(tape_all_ ? NL_ : 1)) acts_.resize(static_cast<size_t>(tape_all_ ? NL_ : 1));
+  for (int64_t l = 0; l < (tape_all_ ? NL_ : 1); ++l) {
+    LayerActs& a = acts_[static_cast<size_t>(l)];
+    for (auto* b : {&a.xn1, &a.hmid, &a.xn2}) grow(*b, N_ * H_);
+    for (auto* b : {&a.q, &a.attn}) grow(*b, N_ * QD_);
+    for (auto* b : {&a.k, &a.v}) grow(*b, N_ * KD_);
+    if (c_.qk_norm) {
+      grow(a.qpre, N_ * QD_);
+      grow(a.kpre, N_ * KD_);
+    }
+    for (auto* b : {&a.gate, &a.up, &a.act}) grow(*b, N_ * I_);
+    grow(a.lse, N_ * NH_);
+  }
   grow(scratch_, static_cast<int64_t>(num_threads()) * std::max<int64_t>(2 * C_, kb::attention_backward_scratch(C_, D_)));
   grow(rstd_, c_.qk_norm ? N_ * NH_ : N_);
 }
@@ -161,22 +175,23 @@ void TrainModel::setup(int64_t B, int64_t L) {
 // this batch's rows, recording into the tape what layer_backward needs.
 void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
   std::copy_n(x, N_ * H_, out);
+  LayerActs& a = acts(l);
   LayerTape tape;
-  tape.xn1 = xn1_.data();
-  tape.qpre = c_.qk_norm ? qpre_.data() : nullptr;
-  tape.kpre = c_.qk_norm ? kpre_.data() : nullptr;
-  tape.q = q_.data();
-  tape.k = k_.data();
-  tape.v = v_.data();
+  tape.xn1 = a.xn1.data();
+  tape.qpre = c_.qk_norm ? a.qpre.data() : nullptr;
+  tape.kpre = c_.qk_norm ? a.kpre.data() : nullptr;
+  tape.q = a.q.data();
+  tape.k = a.k.data();
+  tape.v = a.v.data();
   if (cap_k_) grow(kraw_, N_ * KD_);
   tape.k_unroped = cap_k_ ? kraw_.data() : nullptr;
-  tape.lse = lse_.data();
-  tape.attn = attn_.data();
-  tape.hmid = hmid_.data();
-  tape.xn2 = xn2_.data();
-  tape.gate = gate_.data();
-  tape.up = up_.data();
-  tape.act = act_.data();
+  tape.lse = a.lse.data();
+  tape.attn = a.attn.data();
+  tape.hmid = a.hmid.data();
+  tape.xn2 = a.xn2.data();
+  tape.gate = a.gate.data();
+  tape.up = a.up.data();
+  tape.act = a.act.data();
   decoder_layer_forward(w_.bb(), l, pool_, rows_, out, fws_, &tape);
   if (cap_k_) {
     // capture_kv: stream 0 only (rows of stream 0 are tokens 0..L-1 when B = 1).
@@ -188,7 +203,7 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
       for (int64_t h = 0; h < KVH_; ++h)
         for (int64_t d = 0; d < D_; ++d) {
           ck[static_cast<size_t>((h * L_ + t) * D_ + d)] = kraw_[static_cast<size_t>(t * KD_ + h * D_ + d)];
-          cv[static_cast<size_t>((h * L_ + t) * D_ + d)] = v_[static_cast<size_t>(t * KD_ + h * D_ + d)];
+          cv[static_cast<size_t>((h * L_ + t) * D_ + d)] = a.v[static_cast<size_t>(t * KD_ + h * D_ + d)];
         }
   }
 }
@@ -196,6 +211,7 @@ void TrainModel::layer_forward(int64_t l, const float* x, float* out) {
 // The backward's contiguous cache [R][KVH][C][D] of layer l: each row's stream prefix, then its
 // real tokens' K (after RoPE) and V from the tape (the values the forward wrote to its pages).
 void TrainModel::gather_kv(int64_t l) {
+  const LayerActs& a = acts(l);
   kb::KVLayer kv{kbuf_.data(), vbuf_.data(), KVH_, C_, D_};
   for (int64_t r = 0; r < R_; ++r) {
     const int64_t s = r / B_;
@@ -207,8 +223,8 @@ void TrainModel::gather_kv(int64_t l) {
       }
       for (int64_t t = 0; t < L_; ++t) {
         const int64_t i = r * L_ + t;
-        std::copy_n(k_.data() + i * KD_ + h * D_, D_, kv.k_at(r, h, T_ + t));
-        std::copy_n(v_.data() + i * KD_ + h * D_, D_, kv.v_at(r, h, T_ + t));
+        std::copy_n(a.k.data() + i * KD_ + h * D_, D_, kv.k_at(r, h, T_ + t));
+        std::copy_n(a.v.data() + i * KD_ + h * D_, D_, kv.v_at(r, h, T_ + t));
       }
     }
   }
@@ -219,27 +235,32 @@ void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients&
   const LayerIndex& ix = layer_idx_[static_cast<size_t>(l)];
   const float eps = static_cast<float>(c_.rms_norm_eps);
   const int64_t N = N_;
-  layer_forward(l, x, tmp_.data());  // recompute activations (output unused)
+  if (!tape_all_) layer_forward(l, x, tmp_.data());  // recompute the tape (output unused)
+  LayerActs& a = acts(l);
+  // The tape's gate/up become dgate/dup below (each layer's tape is used once).
+  float *xn1 = a.xn1.data(), *q = a.q.data(), *qpre = a.qpre.data(), *kpre = a.kpre.data();
+  float *lse = a.lse.data(), *attn = a.attn.data(), *hmid = a.hmid.data(), *xn2 = a.xn2.data();
+  float *gate = a.gate.data(), *up = a.up.data(), *act = a.act.data();
 
   // MLP: out = hmid + down(act), act = silu(gate)·up, gate/up = W·xn2, xn2 = rmsnorm(hmid).
   kb::matmul_backward_input(dx, N, L.down_proj.f32(), H_, I_, dact_.data(), false);
-  if (float* gd = g.get(ix.down)) kb::matmul_backward_weight(dx, act_.data(), N, H_, I_, gd, static_cast<float*>(nullptr));
-  kb::swiglu_backward(gate_.data(), up_.data(), dact_.data(), gate_.data(), up_.data(), N * I_);  // gate_/up_ := dgate/dup
-  kb::matmul_backward_input(gate_.data(), N, L.gate_proj.f32(), I_, H_, dxn_.data(), false);
-  kb::matmul_backward_input(up_.data(), N, L.up_proj.f32(), I_, H_, dxn_.data(), true);
-  if (float* gg = g.get(ix.gate)) kb::matmul_backward_weight(gate_.data(), xn2_.data(), N, I_, H_, gg, static_cast<float*>(nullptr));
-  if (float* gu = g.get(ix.up)) kb::matmul_backward_weight(up_.data(), xn2_.data(), N, I_, H_, gu, static_cast<float*>(nullptr));
-  kb::rmsnorm_backward(hmid_.data(), L.post_norm, dxn_.data(), dx, g.get(ix.post_norm), N, H_, eps, true, rstd_.data());
+  if (float* gd = g.get(ix.down)) kb::matmul_backward_weight(dx, act, N, H_, I_, gd, static_cast<float*>(nullptr));
+  kb::swiglu_backward(gate, up, dact_.data(), gate, up, N * I_);  // gate/up := dgate/dup
+  kb::matmul_backward_input(gate, N, L.gate_proj.f32(), I_, H_, dxn_.data(), false);
+  kb::matmul_backward_input(up, N, L.up_proj.f32(), I_, H_, dxn_.data(), true);
+  if (float* gg = g.get(ix.gate)) kb::matmul_backward_weight(gate, xn2, N, I_, H_, gg, static_cast<float*>(nullptr));
+  if (float* gu = g.get(ix.up)) kb::matmul_backward_weight(up, xn2, N, I_, H_, gu, static_cast<float*>(nullptr));
+  kb::rmsnorm_backward(hmid, L.post_norm, dxn_.data(), dx, g.get(ix.post_norm), N, H_, eps, true, rstd_.data());
   // dx is now ∂/∂hmid.
 
   // Attention: hmid = x + o_proj(attn).
   kb::matmul_backward_input(dx, N, L.o_proj.f32(), H_, QD_, dattn_.data(), false);
-  if (float* go = g.get(ix.o_w)) kb::matmul_backward_weight(dx, attn_.data(), N, H_, QD_, go, static_cast<float*>(nullptr));
+  if (float* go = g.get(ix.o_w)) kb::matmul_backward_weight(dx, attn, N, H_, QD_, go, static_cast<float*>(nullptr));
   const int64_t cache = R_ * KVH_ * C_ * D_;
   gather_kv(l);
   std::fill_n(dkbuf_.data(), cache, 0.0f);
   std::fill_n(dvbuf_.data(), cache, 0.0f);
-  kb::attention_backward(q_.data(), kbuf_.data(), vbuf_.data(), attn_.data(), lse_.data(), dattn_.data(), R_,
+  kb::attention_backward(q, kbuf_.data(), vbuf_.data(), attn, lse, dattn_.data(), R_,
                          row_begin_.data(), n_visible_.data(), NH_, KVH_, C_, D_, scale_, dq_.data(), dkbuf_.data(),
                          dvbuf_.data(), scratch_.data());
   // Prefix gradients: Σ over the B rows of each stream, in row order.
@@ -274,12 +295,12 @@ void TrainModel::layer_backward(int64_t l, const float* x, float* dx, Gradients&
   kb::rope_backward(dq_.data(), N, NH_, D_, fws_.cos_t.data(), fws_.sin_t.data());
   kb::rope_backward(dk_.data(), N, KVH_, D_, fws_.cos_t.data(), fws_.sin_t.data());
   if (c_.qk_norm) {  // dq/dk := gradients of the projections' outputs (before the per-head norm)
-    kb::rmsnorm_backward(qpre_.data(), L.q_norm, dq_.data(), dq_.data(), g.get(ix.q_norm), N * NH_, D_, eps, false, rstd_.data());
-    kb::rmsnorm_backward(kpre_.data(), L.k_norm, dk_.data(), dk_.data(), g.get(ix.k_norm), N * KVH_, D_, eps, false, rstd_.data());
+    kb::rmsnorm_backward(qpre, L.q_norm, dq_.data(), dq_.data(), g.get(ix.q_norm), N * NH_, D_, eps, false, rstd_.data());
+    kb::rmsnorm_backward(kpre, L.k_norm, dk_.data(), dk_.data(), g.get(ix.k_norm), N * KVH_, D_, eps, false, rstd_.data());
   }
-  if (float* gw = g.get(ix.q_w)) kb::matmul_backward_weight(dq_.data(), xn1_.data(), N, QD_, H_, gw, g.get(ix.q_b));
-  if (float* gw = g.get(ix.k_w)) kb::matmul_backward_weight(dk_.data(), xn1_.data(), N, KD_, H_, gw, g.get(ix.k_b));
-  if (float* gw = g.get(ix.v_w)) kb::matmul_backward_weight(dv_.data(), xn1_.data(), N, KD_, H_, gw, g.get(ix.v_b));
+  if (float* gw = g.get(ix.q_w)) kb::matmul_backward_weight(dq_.data(), xn1, N, QD_, H_, gw, g.get(ix.q_b));
+  if (float* gw = g.get(ix.k_w)) kb::matmul_backward_weight(dk_.data(), xn1, N, KD_, H_, gw, g.get(ix.k_b));
+  if (float* gw = g.get(ix.v_w)) kb::matmul_backward_weight(dv_.data(), xn1, N, KD_, H_, gw, g.get(ix.v_b));
   if (need_dx || g.get(ix.input_norm)) {
     kb::matmul_backward_input(dq_.data(), N, L.q_proj.f32(), QD_, H_, dxn_.data(), false);
     kb::matmul_backward_input(dk_.data(), N, L.k_proj.f32(), KD_, H_, dxn_.data(), true);
@@ -340,7 +361,7 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
 }
 
 double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, float loss_scale, Gradients* grads) {
-  setup(B, L);
+  setup(B, L, /*backward=*/grads != nullptr);
   run_forward(ids);
   // Rows with a target: (b, t < L−1), gathered contiguously.
   const int64_t MT = B * (L - 1);
@@ -353,11 +374,12 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
     }
   float* glm = grads ? grads->get(lm_idx_) : nullptr;
   if (grads) dA.assign(A.size(), 0.0f);
-  std::vector<float> logits(static_cast<size_t>(kHeadChunk * V_));
-  grow(row_loss_, kHeadChunk);
+  const int64_t head_chunk = head_chunk_rows(V_);
+  std::vector<float> logits(static_cast<size_t>(head_chunk * V_));
+  grow(row_loss_, head_chunk);
   double loss = 0.0;
-  for (int64_t r0 = 0; r0 < MT; r0 += kHeadChunk) {
-    const int64_t rc = std::min(kHeadChunk, MT - r0);
+  for (int64_t r0 = 0; r0 < MT; r0 += head_chunk) {
+    const int64_t rc = std::min(head_chunk, MT - r0);
     matmul_rows(A.data() + r0 * H_, rc, w_.bb().lm_head, nullptr, logits.data());
     if (!grads) {
       loss += kb::cross_entropy_loss(logits.data(), targets_.data() + r0, rc, V_, row_loss_.data());

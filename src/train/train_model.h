@@ -1,8 +1,10 @@
 // The training forward and backward pass of a ParScale/Qwen2 model over a batch of B sequences of
-// L tokens, with per-layer checkpointing: the forward keeps only each layer's input [P·B·L, H];
-// the backward recomputes one layer at a time (same kernels, same order as the inference path in
-// model/qwen2.cpp and parscale/parscale.cpp, so the logits equal a Session's bit for bit) and
-// differentiates it with the kernels of kernels/backward.h.
+// L tokens. The forward runs the inference block's layer function (same kernels, same order as
+// model/qwen2.cpp and parscale/parscale.cpp, so the logits equal a Session's bit for bit) and keeps
+// each layer's input [P·B·L, H]. When every layer's tape (the intermediates the backward needs)
+// fits the activation memory budget, the forward keeps them all and the backward uses them;
+// otherwise it keeps one and the backward recomputes one layer at a time (checkpointing: a quarter
+// more matmul work). Both give bitwise the same gradients. The backward uses kernels/backward.h.
 //
 // Token layout: stream-major, token i = s·M + b·L + t (M = B·L) lives in attention row
 // r = s·B + b = i / L at position t; the row's slots are [T prefix slots][L real tokens].
@@ -57,12 +59,22 @@ class TrainModel {
 
   const ModelConfig& config() const { return c_; }
 
+  // Bytes the tapes of all layers may take before the backward recomputes instead (default 1 GiB).
+  void set_activation_memory(int64_t bytes) { activation_budget_ = bytes; }
+  // Whether the last forward_backward kept every layer's tape (no recompute).
+  bool kept_all_tapes() const { return tape_all_; }
+
  private:
   struct LayerIndex {
     int64_t input_norm, q_w, q_b, k_w, k_b, v_w, v_b, o_w, prefix_k, prefix_v, post_norm, gate, up, down;
     int64_t q_norm, k_norm;  // -1 unless qk_norm (likewise q_b/k_b/v_b without attention_bias)
   };
-  void setup(int64_t B, int64_t L);
+  // One layer's forward intermediates (LayerTape's buffers), N rows each.
+  struct LayerActs {
+    std::vector<float> xn1, qpre, kpre, q, k, v, lse, attn, hmid, xn2, gate, up, act;
+  };
+  void setup(int64_t B, int64_t L, bool backward = false);
+  LayerActs& acts(int64_t l) { return acts_[tape_all_ ? static_cast<size_t>(l) : 0]; }
   void layer_forward(int64_t l, const float* x, float* out);
   void layer_backward(int64_t l, const float* x, float* dx, Gradients& g, bool need_dx);
   void gather_kv(int64_t l);
@@ -95,10 +107,13 @@ class TrainModel {
   // Layer inputs xs_[l] (l = 0..NL), each [N, H]; final-normed streams hn_ [N, H]; aggregate [M, H].
   std::vector<std::vector<float>> xs_;
   std::vector<float> hn_, agg_;
-  // One layer's recomputed activations.
-  // qpre_/kpre_: q and k before the per-head norm (qk_norm only).
+  // The layers' tapes: one per layer when tape_all_, else one reused (recomputed by the backward).
+  // qpre/kpre: q and k before the per-head norm (qk_norm only).
+  std::vector<LayerActs> acts_;
+  bool tape_all_ = false;
+  int64_t activation_budget_ = int64_t{1} << 30;
   // kbuf_/vbuf_: the backward's contiguous cache of one layer [R][KVH][C][D] (gather_kv).
-  std::vector<float> xn1_, q_, k_, v_, qpre_, kpre_, kraw_, kbuf_, vbuf_, attn_, lse_, hmid_, xn2_, gate_, up_, act_, tmp_, scratch_;
+  std::vector<float> kraw_, kbuf_, vbuf_, tmp_, scratch_;
   // Gradient scratch.
   std::vector<float> dxn_, dattn_, dq_, dk_, dv_, dkbuf_, dvbuf_, dact_, rstd_;
   std::vector<double> row_loss_;

@@ -254,6 +254,7 @@ TrainResult train_on_this_rank(ParameterSet& params, Dataset& data, const Traine
     trained.push_back({&reparam->parameters(), all, reparam_opt.get()});
   }
   TrainModel model(params);
+  model.set_activation_memory(o.activation_memory);
   Gradients grad = Gradients::for_mask(params.specs, mask);
   Gradients micro_grad;
   if (n_micro / W > 1) micro_grad = Gradients::for_mask(params.specs, mask);

@@ -44,6 +44,9 @@ struct TrainerOptions {
   bool resume = false;
   bool progress = true;
   DType save_dtype = DType::F32;
+  // Bytes every layer's forward intermediates may take; beyond it the backward recomputes each
+  // layer (train_model.h). Same results either way.
+  int64_t activation_memory = int64_t{1} << 30;
 };
 
 struct TrainResult {
