@@ -256,15 +256,17 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
+// The pool lives until the process ends (never destroyed at exit: a thread still inside a region
+// while static destructors run must not find it gone; sleeping workers do not hold up exit).
 std::mutex pool_mutex;
-std::unique_ptr<Pool> pool_instance;
+Pool* pool_instance = nullptr;
 
 Pool& pool() {
   // Fast path without the lock once created; set_num_threads replaces it only between regions.
   static std::once_flag once;
   std::call_once(once, [] {
     std::lock_guard g(pool_mutex);
-    if (!pool_instance) pool_instance = std::make_unique<Pool>(default_threads());
+    if (!pool_instance) pool_instance = new Pool(default_threads());
   });
   return *pool_instance;
 }
@@ -277,8 +279,8 @@ int set_num_threads(int n) {
   {
     std::lock_guard g(pool_mutex);
     if (pool_instance->threads() != n) {
-      pool_instance.reset();
-      pool_instance = std::make_unique<Pool>(n);
+      delete pool_instance;
+      pool_instance = new Pool(n);
     }
   }
   omp_set_num_threads(n);
