@@ -38,6 +38,20 @@ inline void cpu_relax() {
 #endif
 }
 
+// One step of an idle wait that started `i` steps ago: a few pause instructions first (the next
+// region usually comes within microseconds), then sched_yield, which hands the core to any other
+// runnable thread (a partner still working on a block, another process) and returns at once when
+// there is none. Returns true once `budget` has passed: time to sleep.
+inline bool idle_step(int i, std::chrono::steady_clock::time_point t0, std::chrono::nanoseconds budget) {
+  if (i < 64) {
+    cpu_relax();
+    return false;
+  }
+  if (std::chrono::steady_clock::now() - t0 > budget) return true;
+  std::this_thread::yield();
+  return false;
+}
+
 inline uint32_t fp_state() {
 #ifdef PARSCALE_X86
   return _mm_getcsr();
@@ -168,13 +182,11 @@ class Pool {
     for (int i = 0;; ++i) {
       const uint32_t d = job.done.load(std::memory_order_acquire);
       if (d == total) break;
-      if ((i & 63) == 63 && std::chrono::steady_clock::now() - t0 > spin_) {
+      if (idle_step(i, t0, spin_)) {
         // Announce the sleep, then re-check (seq_cst on both sides: the last finisher either sees
         // the flag and wakes us, or we see its count and do not sleep).
         job.owner_sleeping.store(1, std::memory_order_seq_cst);
         if (job.done.load(std::memory_order_seq_cst) == d) sleep_while_equal(job.done, d);
-      } else {
-        cpu_relax();
       }
     }
     // Every block has run (the others after a failure too): rethrow the first exception here.
@@ -230,12 +242,10 @@ class Pool {
     for (;;) {
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; wake_.load(std::memory_order_acquire) == seen; ++i) {
-        if ((i & 63) == 63 && std::chrono::steady_clock::now() - t0 > spin_) {
+        if (idle_step(i, t0, spin_)) {
           sleepers_.fetch_add(1, std::memory_order_seq_cst);
           if (wake_.load(std::memory_order_seq_cst) == seen) sleep_while_equal(wake_, seen);
           sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-        } else {
-          cpu_relax();
         }
       }
       seen = wake_.load(std::memory_order_acquire);
