@@ -121,12 +121,14 @@ constexpr int kIdxBits = 22;
 constexpr uint64_t kIdxMask = (uint64_t{1} << kIdxBits) - 1;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;  // + one failed claim per thread stays below 2^22
 
-struct Job {
+// Fields written by different threads live on different cache lines (a claim or a finished block
+// must not invalidate the line the others poll).
+struct alignas(64) Job {
   threads_detail::BlockFn fn = nullptr;
   void* ctx = nullptr;
   int64_t n = 0, grain = 1;
   uint32_t fp = 0;
-  std::atomic<uint32_t> done{0};  // blocks finished
+  alignas(64) std::atomic<uint32_t> done{0};  // blocks finished
   std::atomic<uint32_t> owner_sleeping{0};
   std::atomic<bool> failed{false};
   std::exception_ptr error;  // the first exception a block threw (written by the thread that set `failed`)
@@ -260,10 +262,11 @@ class Pool {
   std::mutex busy_;  // one region at a time; others run serially
   uint64_t epoch_ = 0;
   Job slot_[2];
-  std::atomic<uint64_t> ticket_{0};  // blocks = 0: nothing to claim
-  std::atomic<uint32_t> wake_{0};
+  alignas(64) std::atomic<uint64_t> ticket_{0};  // blocks = 0: nothing to claim
+  alignas(64) std::atomic<uint32_t> wake_{0};
   std::atomic<int> sleepers_{0};  // workers in (or about to enter) sleep_while_equal(wake_)
   std::atomic<bool> stop_{false};
+  char pad_[64 - sizeof(std::atomic<uint32_t>) - sizeof(std::atomic<int>) - sizeof(std::atomic<bool>)];
 };
 
 // The pool lives until the process ends (never destroyed at exit: a thread still inside a region
