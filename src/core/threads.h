@@ -8,11 +8,11 @@
 // runs a block, so they do not depend on the number of threads as long as every output is computed
 // inside one iteration.
 //
-// Idle workers (and a caller waiting for the last block) wait actively for PARSCALE_SPIN_US
-// microseconds (default 100): a few pause instructions, then sched_yield, which hands the core to
-// any other runnable thread and returns at once when there is none; then they sleep on a futex. On
-// an idle machine the next region starts without a wake-up; on a shared machine a waiting thread
-// never holds a core that a partner with work (or another process) could use.
+// Idle workers (and a caller waiting for the last block) spin for PARSCALE_SPIN_US microseconds
+// (default 100, `pause` instructions), then sleep on a futex. On an idle machine the next region
+// starts without a wake-up (the regions of a decode step are microseconds apart); on a shared
+// machine a waiting thread holds its core for at most that long, not for OpenMP's default of
+// hundreds of thousands of spins at every barrier.
 // The workers run every block with the calling thread's floating-point control state (MXCSR on x86:
 // flush-to-zero / denormals-are-zero set by the caller apply to the whole region).
 //
