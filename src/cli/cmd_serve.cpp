@@ -37,7 +37,7 @@ struct Opts {
 int run(const Opts& o) {
   using namespace parscale;
   // Signals go to the waiter thread below only: block them before any other thread exists
-  // (the engine's, OpenMP's, the HTTP pool's inherit the mask).
+  // (the engine's, the kernel pool's, the HTTP pool's inherit the mask).
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);

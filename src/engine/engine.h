@@ -1,7 +1,7 @@
 // The serving engine: one immutable Backbone shared by any number of ParScale Adapters (P chosen
 // per request), iteration-level continuous batching over a paged KV pool.
 //
-// Threads: one engine thread owns the kernels (and the OpenMP pool) and runs scheduler steps;
+// Threads: one engine thread owns the kernels (and drives the thread pool, core/threads.h) and runs scheduler steps;
 // any other thread may call submit / cancel / stats / shutdown. Each request is followed through
 // its RequestHandle, a thread-safe queue of events filled by the engine thread.
 //

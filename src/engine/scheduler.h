@@ -136,7 +136,7 @@ class Scheduler {
     bool ok;
   };
   std::vector<Pick> picks_;
-  std::vector<std::vector<float>> scratch_;  // per OpenMP thread: a logits row the sampler edits
+  std::vector<std::vector<float>> scratch_;  // per pool thread: a logits row the sampler edits
 
   // Counters.
   int64_t steps_ = 0, preemptions_ = 0, rows_computed_ = 0;

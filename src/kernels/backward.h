@@ -4,7 +4,7 @@
 //
 // Determinism: every output element is produced by exactly one thread, summing in a fixed order
 // that does not depend on the number of threads. So a training step gives bitwise the same
-// gradients whatever OMP_NUM_THREADS is (the resume and MPI tests rely on this).
+// gradients whatever the thread count is (the resume and MPI tests rely on this).
 #pragma once
 #include <cstdint>
 

@@ -1,6 +1,6 @@
 // Compute kernels: free functions on raw views, fp32 activations, allocate nothing (except the
 // fast compute mode's bf16 copy of x: one buffer per calling thread that grows to the largest call).
-// Threading is internal (OpenMP). Each kernel has a plain scalar reference (`*_ref`) that the
+// Threading is internal (the thread pool of core/threads.h). Each kernel has a plain scalar reference (`*_ref`) that the
 // tests compare it with; training adds each backward beside its forward (kernels/backward.h).
 #pragma once
 #include <cstddef>
@@ -43,7 +43,7 @@ void set_compute_mode(ComputeMode m);
 // Whether this binary and CPU have the bf16 dot-product kernels the fast mode uses.
 bool fast_bf16_supported();
 
-// ---- machine probes (for roofline figures; run on the active path, all OpenMP threads) ---------
+// ---- machine probes (for roofline figures; run on the active path, all pool threads) ---------
 // Sustained fp32 FMA rate in GFLOP/s (independent register-resident FMA chains, about `seconds`).
 double probe_fma_gflops(double seconds);
 // Streaming-read bandwidth in GB/s over a freshly allocated buffer of `bytes` (freed on return).
