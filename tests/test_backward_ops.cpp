@@ -96,6 +96,30 @@ TEST(BackwardOps, Matmul) {
   EXPECT_LT(max_diff(dbf, db), kF32Tol);
 }
 
+// The AVX-512 copy's float register tile (accumulators in registers) sums every element in the
+// same order with the same FMAs as the AVX2 copy's generic loop: bitwise equal, accumulate or not,
+// on shapes with full and partial tiles.
+TEST(BackwardOps, Avx512RegisterTileEqualsAvx2Bitwise) {
+  if (!kb::kernel_path_supported(kb::KernelPath::AVX512)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const kb::KernelPath keep = kb::active_kernel_path();
+  const int64_t M = 131, N = 70, K = 200;  // 17 full row tiles + 2 rows, 3 full column tiles + 8
+  auto x = to_f(randn(M * K, 11)), W = to_f(randn(N * K, 12)), R = to_f(randn(M * N, 13));
+  auto run = [&](kb::KernelPath p, std::vector<float>& dx, std::vector<float>& dW) {
+    kb::set_kernel_path(p);
+    dx.assign(M * K, 0.5f);
+    dW.assign(N * K, 0.25f);
+    kb::matmul_backward_input(R.data(), M, W.data(), N, K, dx.data(), true);
+    kb::matmul_backward_weight(R.data(), x.data(), M, N, K, dW.data(), static_cast<float*>(nullptr));
+    kb::matmul_backward_input(R.data(), M, W.data(), N, K, dx.data(), true);
+  };
+  std::vector<float> dx2, dW2, dx5, dW5;
+  run(kb::KernelPath::AVX2, dx2, dW2);
+  run(kb::KernelPath::AVX512, dx5, dW5);
+  kb::set_kernel_path(keep);
+  EXPECT_TRUE(dx2 == dx5);
+  EXPECT_TRUE(dW2 == dW5);
+}
+
 TEST(BackwardOps, MatmulIsThreadCountIndependent) {
   const int64_t M = 67, N = 33, K = 130;
   auto x = to_f(randn(M * K, 5)), W = to_f(randn(N * K, 6)), R = to_f(randn(M * N, 7));

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/kernels.h"
 
@@ -30,9 +31,11 @@ namespace bw_avx2 {
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#define PARSCALE_BW_REGISTER_TILE 1
 namespace bw_avx512 {
 #include "kernels/backward_impl.inc"
 }  // namespace bw_avx512
+#undef PARSCALE_BW_REGISTER_TILE
 #pragma GCC pop_options
 #endif
 
