@@ -58,5 +58,7 @@ void parallel_for_each(int64_t n, int64_t grain, F&& f) {
 
 // The grain that gives every thread about `per_thread` blocks of [0, n) (at least one iteration).
 int64_t grain_for(int64_t n, int64_t per_thread = 4);
+// grain_for(n) when the loop is worth threads, else n (one block: it runs on the caller alone).
+inline int64_t grain_if(bool worth_threads, int64_t n) { return worth_threads ? grain_for(n) : n; }
 
 }  // namespace parscale

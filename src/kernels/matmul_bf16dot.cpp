@@ -55,7 +55,7 @@ inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
 // xb[m, 0 .. Kp) = bf16(x[m, 0 .. K)), zero padded to Kp (a multiple of 32).
 void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb) {
-  parallel_for(M, M * K > (int64_t{1} << 20) ? grain_for(M) : M, [&](int64_t mb, int64_t me, int) {
+  parallel_for(M, grain_if(M * K > (int64_t{1} << 20), M), [&](int64_t mb, int64_t me, int) {
   for (int64_t m = mb; m < me; ++m) {
     const float* s = x + m * K;
     uint16_t* d = xb + m * Kp;

@@ -47,7 +47,7 @@ uint8_t* WeightArena::allocate(size_t bytes) {
 void quantize_q8(const float* src, int64_t rows, int64_t cols, int64_t block, int8_t* q, float* scales) {
   check(block > 0 && cols % block == 0, "quantize_q8: block " + std::to_string(block) + " does not divide " + std::to_string(cols) + " columns");
   const int64_t nb = cols / block;
-  parallel_for_each(rows, rows * cols > 65536 ? grain_for(rows) : rows, [&](int64_t r) {
+  parallel_for_each(rows, grain_if(rows * cols > 65536, rows), [&](int64_t r) {
     for (int64_t b = 0; b < nb; ++b) {
       const float* v = src + r * cols + b * block;
       float amax = 0.0f;

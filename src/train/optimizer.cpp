@@ -49,7 +49,7 @@ double AdamW::step(ParameterSet& p, Gradients& g, double lr, double global_norm)
     float* vi = v[i].data();
     const int64_t n = static_cast<int64_t>(g.values[i].size());
     const float decay = gets_weight_decay(specs_[i]) ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
-    parallel_for_each(n, n > 65536 ? grain_for(n) : n, [&](int64_t j) {
+    parallel_for_each(n, grain_if(n > 65536, n), [&](int64_t j) {
       const float gj = clip < 1.0f ? gi[j] * clip : gi[j];
       w[j] *= decay;
       mi[j] = b1 * mi[j] + (1.0f - b1) * gj;

@@ -406,7 +406,7 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
   if (gemb) {
     // Embedding rows: Σ over streams and tokens, in token order (columns in parallel).
     const int64_t col_blocks = (H_ + 15) / 16;
-    parallel_for_each(col_blocks, M_ * H_ > 65536 ? grain_for(col_blocks) : col_blocks, [&](int64_t cb) {
+    parallel_for_each(col_blocks, grain_if(M_ * H_ > 65536, col_blocks), [&](int64_t cb) {
       const int64_t k0 = cb * 16, k1 = std::min(H_, k0 + 16);
       for (int64_t i = 0; i < M_; ++i) {
         float* row = gemb + static_cast<int64_t>(ids[i]) * H_;
