@@ -5,15 +5,20 @@
 # from scratch by `parscale train --train all`, P = 2 and P = 4 adapters trained on the frozen
 # (BF16) backbone, and held-out loss for P = 1, 2, 4 on the same held-out tokens.
 # Environment (defaults are the committed model's): PARSCALE=build/parscale, THREADS=1 (1 is the
-# fastest on a loaded 2-core machine), STEPS=800, ADAPTER_STEPS=200; FROM=adapters reuses the corpus
-# and the trained backbone in WORK_DIR and redoes only the adapters and the held-out losses.
+# fastest on a loaded 2-core machine), STEPS=2800, ADAPTER_STEPS=400, EXTRA_PACKAGES (the Debian
+# packages whose Python files join the training text; see scripts/python_corpus.sh); FROM=adapters
+# reuses the corpus and the trained backbone in WORK_DIR and redoes only the adapters and the
+# held-out losses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-build/demo-work}
 bin=${PARSCALE:-build/parscale}
 threads=${THREADS:-1}
-steps=${STEPS:-800}
-adapter_steps=${ADAPTER_STEPS:-200}
+steps=${STEPS:-2800}
+adapter_steps=${ADAPTER_STEPS:-400}
+export EXTRA_PACKAGES=${EXTRA_PACKAGES-python3-numpy python3-pip python3-setuptools python3-pkg-resources
+  python3-mpmath python3-hypothesis python3-psutil python3-click python3-urllib3 python3-pyparsing
+  python3-dateutil python3-yaml python3-requests python3-attr}
 from=${FROM:-all}
 out=models/demo
 seq=256 batch=16 adapter_batch=8 prefix=16
@@ -33,8 +38,8 @@ JSON
   rm -rf "$work/init" "$work/p1"
   "$bin" init --config "$work/config.json" --out "$work/init" --seed 1
   "$bin" train --model "$work/init" --train all --data "$work/train.bin" --out "$work/p1" \
-      --steps "$steps" --seq-len $seq --batch $batch --lr 2e-3 --min-lr 2e-4 --warmup 50 \
-      --eval-fraction 0.005 --eval-every 100 --eval-sequences 16 --seed 1 --save-dtype bf16 \
+      --steps "$steps" --seq-len $seq --batch $batch --lr 2e-3 --min-lr 2e-4 --warmup 100 \
+      --eval-fraction 0.005 --eval-every 400 --eval-sequences 16 --seed 1 --save-dtype bf16 \
       --threads "$threads" --no-progress --json | tee "$work/p1.json"
 
   echo "== assemble $out"

@@ -1,6 +1,7 @@
 // The fast compute mode: BF16 weights through the bf16 dot-product kernels (AVX512-BF16) against
-// their scalar reference matmul_bf16_ref (bf16-rounded x, exact products, double sums); batch
-// invariance in fast mode; other dtypes unchanged by the mode; mode names and parsing.
+// their scalar reference matmul_bf16_ref (bf16-rounded x, exact products, double sums); q8 weights
+// (dequantized to bf16 per tile) against matmul_q8bf16_ref; batch invariance in fast mode; other
+// dtypes and q8 blocks not a multiple of 16 unchanged by the mode; mode names and parsing.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -44,6 +45,33 @@ struct Bf16Weight {
     bits.resize(f.size());
     for (size_t i = 0; i < f.size(); ++i) bits[i] = f32_to_bf16(f[i]);
     view = {DType::BF16, bits.data(), rows, cols};
+  }
+};
+
+// q8: random int8 values in [-127, 127] and positive scales, one per `block` values along K.
+struct Q8Weight {
+  std::vector<int8_t> q;
+  std::vector<float> scales;
+  WeightView view;
+  Q8Weight(int64_t rows, int64_t cols, int64_t block, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> qd(-127, 127);
+    std::uniform_real_distribution<float> sd(1e-3f, 2e-2f);
+    q.resize(static_cast<size_t>(rows * cols));
+    for (auto& v : q) v = static_cast<int8_t>(qd(rng));
+    scales.resize(static_cast<size_t>(rows * (cols / block)));
+    for (auto& v : scales) v = sd(rng);
+    view = {DType::I8, q.data(), rows, cols, scales.data(), block};
+  }
+  // The values the fast mode multiplies: bf16(float(q) * scale), as bf16 bits.
+  std::vector<uint16_t> dequantized_bf16() const {
+    std::vector<uint16_t> b(q.size());
+    const int64_t nb = view.cols / view.block;
+    for (int64_t r = 0; r < view.rows; ++r)
+      for (int64_t k = 0; k < view.cols; ++k)
+        b[static_cast<size_t>(r * view.cols + k)] =
+            f32_to_bf16(static_cast<float>(q[static_cast<size_t>(r * view.cols + k)]) * scales[static_cast<size_t>(r * nb + k / view.block)]);
+    return b;
   }
 };
 
@@ -141,6 +169,99 @@ TEST_F(FastMode, MultiAndGateUpSwigluMatchReferencesAndRowsDoNotDependOnM) {
   for (size_t i = 0; i < sw1.size(); ++i) {
     const double gv = wg[i], want = gv / (1.0 + std::exp(-gv)) * wu[i];
     ASSERT_NEAR(sw1[i], want, 1e-4 * (1.0 + std::fabs(want))) << "gate_up_swiglu " << i;
+  }
+}
+
+TEST_F(FastMode, Q8MatmulMatchesItsReference) {
+  if (!fast_bf16_supported()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  set_kernel_path(KernelPath::AVX512);
+  set_compute_mode(ComputeMode::Fast);
+  struct Shape { int64_t M, N, K, block; };
+  // K past one 1024-column chunk, K not a multiple of 32 (48, 1040), M past one 96-row block,
+  // blocks of 16, 32 and 64.
+  const Shape shapes[] = {{1, 7, 48, 16}, {1, 33, 96, 32}, {3, 17, 1040, 16}, {8, 64, 1536, 32}, {5, 13, 2048, 64},
+                          {37, 45, 96, 32}, {100, 20, 2112, 32}, {130, 18, 256, 64}};
+  for (const Shape& s : shapes) {
+    Q8Weight w(s.N, s.K, s.block, 7u + static_cast<uint32_t>(s.K));
+    const auto x = randn(static_cast<size_t>(s.M * s.K), 8u + static_cast<uint32_t>(s.N));
+    const auto bias = randn(static_cast<size_t>(s.N), 9u);
+    std::vector<float> want(static_cast<size_t>(s.M * s.N)), got(want.size());
+    matmul_q8bf16_ref(x.data(), s.M, w.view, bias.data(), want.data());
+    matmul(x.data(), s.M, w.view, bias.data(), got.data());
+    const std::string what = "M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K) +
+                             " block=" + std::to_string(s.block);
+    // The error bound of the bf16 kernels, on the dequantized weights.
+    const auto wb = w.dequantized_bf16();
+    const WeightView wbv{DType::BF16, wb.data(), s.N, s.K};
+    expect_fast_close(got, want, x, wbv, s.M, what);
+    // And the same outputs as the BF16 kernel on those dequantized weights, bit for bit.
+    std::vector<float> via_bf16(want.size());
+    matmul(x.data(), s.M, wbv, bias.data(), via_bf16.data());
+    EXPECT_TRUE(same_bits(via_bf16.data(), got.data(), s.M * s.N)) << what;
+    std::vector<float> acc(want.size(), -0.75f);
+    matmul_add(x.data(), s.M, w.view, acc.data());
+    for (size_t i = 0; i < want.size(); ++i) want[i] = want[i] - bias[i % static_cast<size_t>(s.N)] - 0.75f;
+    expect_fast_close(acc, want, x, wbv, s.M, what + " (add)");
+    set_compute_mode(ComputeMode::Exact);
+    std::vector<float> exact(want.size());
+    matmul(x.data(), s.M, w.view, bias.data(), exact.data());
+    set_compute_mode(ComputeMode::Fast);
+    if (s.K >= 96) {
+      EXPECT_FALSE(same_bits(exact.data(), got.data(), s.M * s.N)) << what;
+    }
+  }
+}
+
+TEST_F(FastMode, Q8MultiAndGateUpSwigluRowsDoNotDependOnM) {
+  if (!fast_bf16_supported()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  set_kernel_path(KernelPath::AVX512);
+  set_compute_mode(ComputeMode::Fast);
+  const int64_t K = 1088, I = 45, kMaxM = 100;
+  Q8Weight a(50, K, 32, 51u), g(I, K, 32, 53u), u(I, K, 32, 54u);
+  Bf16Weight b(9, K, 52u);  // a BF16 output beside q8 ones in one matmul_multi
+  const auto x = randn(static_cast<size_t>(kMaxM * K), 55u);
+  const auto bias = randn(50, 56u);
+  std::vector<float> ya1(static_cast<size_t>(kMaxM * 50)), yb1(static_cast<size_t>(kMaxM * 9)), sw1(static_cast<size_t>(kMaxM * I));
+  std::vector<float> gs(sw1.size()), us(sw1.size());
+  for (int64_t r = 0; r < kMaxM; ++r) {
+    const MatmulOut outs[2] = {{&a.view, bias.data(), ya1.data() + r * 50}, {&b.view, nullptr, yb1.data() + r * 9}};
+    matmul_multi(x.data() + r * K, 1, outs, 2);
+    gate_up_swiglu(x.data() + r * K, 1, g.view, u.view, gs.data(), us.data(), sw1.data() + r * I);
+  }
+  for (int64_t M : {1, 2, 7, 32, 33, 97, 100}) {
+    std::vector<float> ya(static_cast<size_t>(M * 50)), yb(static_cast<size_t>(M * 9)), sw(static_cast<size_t>(M * I));
+    const MatmulOut outs[2] = {{&a.view, bias.data(), ya.data()}, {&b.view, nullptr, yb.data()}};
+    matmul_multi(x.data(), M, outs, 2);
+    ASSERT_TRUE(same_bits(ya.data(), ya1.data(), M * 50)) << "multi[0] M=" << M;
+    ASSERT_TRUE(same_bits(yb.data(), yb1.data(), M * 9)) << "multi[1] M=" << M;
+    gate_up_swiglu(x.data(), M, g.view, u.view, gs.data(), us.data(), sw.data());
+    ASSERT_TRUE(same_bits(sw.data(), sw1.data(), M * I)) << "gate_up_swiglu M=" << M;
+  }
+  std::vector<float> wa(ya1.size()), wg(sw1.size()), wu(sw1.size());
+  matmul_q8bf16_ref(x.data(), kMaxM, a.view, bias.data(), wa.data());
+  const auto ab = a.dequantized_bf16();
+  expect_fast_close(ya1, wa, x, WeightView{DType::BF16, ab.data(), 50, K}, kMaxM, "q8 multi[0]");
+  matmul_q8bf16_ref(x.data(), kMaxM, g.view, nullptr, wg.data());
+  matmul_q8bf16_ref(x.data(), kMaxM, u.view, nullptr, wu.data());
+  for (size_t i = 0; i < sw1.size(); ++i) {
+    const double gv = wg[i], want = gv / (1.0 + std::exp(-gv)) * wu[i];
+    ASSERT_NEAR(sw1[i], want, 1e-4 * (1.0 + std::fabs(want))) << "q8 gate_up_swiglu " << i;
+  }
+}
+
+TEST_F(FastMode, Q8BlocksNotAMultipleOf16ComputeAsInExactMode) {
+  const int64_t M = 12, N = 11, K = 96;
+  Q8Weight w(N, K, 8, 61u);
+  const auto x = randn(static_cast<size_t>(M * K), 62u);
+  for (KernelPath p : {KernelPath::Scalar, KernelPath::AVX2, KernelPath::AVX512}) {
+    if (!kernel_path_supported(p)) continue;
+    set_kernel_path(p);
+    std::vector<float> e(static_cast<size_t>(M * N)), fa(e.size());
+    set_compute_mode(ComputeMode::Exact);
+    matmul(x.data(), M, w.view, nullptr, e.data());
+    set_compute_mode(ComputeMode::Fast);
+    matmul(x.data(), M, w.view, nullptr, fa.data());
+    EXPECT_TRUE(same_bits(e.data(), fa.data(), M * N)) << kernel_path_name(p);
   }
 }
 

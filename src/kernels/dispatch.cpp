@@ -100,9 +100,10 @@ bool cpu_has_bf16dot() {
 
 }  // namespace
 
-// Fast mode, the AVX-512 path active and BF16 weights: the bf16 dot-product kernels.
+// Fast mode, the AVX-512 path active and BF16 weights, or q8 weights whose scale blocks are a
+// multiple of 16 values: the bf16 dot-product kernels.
 bool use_bf16dot(const WeightView& W) {
-  if (W.dtype != DType::BF16) return false;
+  if (W.dtype != DType::BF16 && !(W.dtype == DType::I8 && W.block > 0 && W.block % 16 == 0)) return false;
   const KernelPath path = active().path;  // (reads the environment on the first call)
   if (!g_fast.load(std::memory_order_relaxed)) return false;
   static const bool ok = bf16dot_compiled() && cpu_has_bf16dot();

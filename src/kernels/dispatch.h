@@ -44,7 +44,7 @@ void gate_up_swiglu_scalar(const float* x, int64_t M, const WeightView& Wg, cons
                            float* out);
 float read_sum_scalar(const float* p, int64_t n);
 
-// Fast compute mode, BF16 weights (matmul_bf16dot.cpp; AVX512-BF16). bf16dot_compiled() is false
+// Fast compute mode, BF16 and q8 weights (matmul_bf16dot.cpp; AVX512-BF16). bf16dot_compiled() is false
 // where the compiler cannot build them (the others then throw).
 bool bf16dot_compiled();
 void matmul_bf16dot(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate);

@@ -30,8 +30,10 @@ void set_kernel_path(KernelPath p);
 // Exact (the default): fp32 activations and fp32 FMAs on every path (what the golden tests check).
 // Fast: for BF16 weights on the AVX-512 path of a CPU with AVX512-BF16, matmul, matmul_add,
 // matmul_multi and gate_up_swiglu round the activations to bf16 (nearest even) and use bf16 dot
-// products with fp32 accumulation (reference: matmul_bf16_ref); everything else, and every other
-// path or dtype, computes as in exact mode. Both modes are batch invariant: an output row does not
+// products with fp32 accumulation (reference: matmul_bf16_ref); q8 weights whose scale block is a
+// multiple of 16 values take the same kernels with each weight dequantized to
+// bf16(float(q) * scale) (reference: matmul_q8bf16_ref); everything else, and every other path or
+// dtype, computes as in exact mode. Both modes are batch invariant: an output row does not
 // depend on the number of rows M or on the other rows. The environment variable
 // PARSCALE_COMPUTE=exact|fast (read once, at the first kernel call) or set_compute_mode() picks it.
 enum class ComputeMode { Exact, Fast };
@@ -57,6 +59,8 @@ void matmul_ref(const float* x, int64_t M, const WeightView& W, const float* bia
 // The fast mode's arithmetic for BF16 W: bf16(x) · W^T (+ bias) with exact products summed in
 // double, where bf16() rounds to nearest even.
 void matmul_bf16_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
+// The fast mode's arithmetic for q8 W: as matmul_bf16_ref with w = bf16(float(q) * scale).
+void matmul_q8bf16_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
 // y[M, N] += x[M, K] · W[N, K]^T (the residual add fused into the matmul).
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y);
 

@@ -1,10 +1,20 @@
-// The fast compute mode's matmul for BF16 weights: activations rounded to bf16 (round to nearest
-// even) and AVX512-BF16 dot products (vdpbf16ps: two bf16 products summed into each fp32 lane),
-// weights used as stored (no conversion). Used for every M (decode and prefill), so the fast mode
-// is batch invariant too: each output is one chain per lane over the whole K (lane l sums the
-// pairs k = 2l, 2l + 1 + 32i), one horizontal sum, then y += it.
+// The fast compute mode's matmul for BF16 and q8 weights: activations rounded to bf16 (round to
+// nearest even) and AVX512-BF16 dot products (vdpbf16ps: two bf16 products summed into each fp32
+// lane). BF16 weights are used as stored; q8 weights (I8 values, one fp32 scale per block of
+// W.block values along K, W.block a multiple of 16) are dequantized per tile into a bf16 buffer,
+// w = bf16(float(q) * scale), one weight chunk (16 rows x 1024 columns, 32 KB) at a time, and that
+// buffer feeds the same microkernel. Used for every M (decode and prefill), so the fast mode is
+// batch invariant too: each output is one chain per lane over the whole K (lane l sums the pairs
+// k = 2l, 2l + 1 + 32i), one horizontal sum, then y += it.
 //
-// Reference: matmul_bf16_ref (bf16-rounded x, exact products, double accumulation).
+// Why q8 is not run on int8 dot products (VNNI vpdpbusd) here: with one scale per 32 weights every
+// 64-byte vpdpbusd covers two blocks and must be converted and rescaled before the next (vpdpbusd
+// + vcvtdq2ps + a scale product + vfmadd: 4 instructions per 64 products), against 2 vdpbf16ps
+// for the same 64 products after a dequantization that costs ~8 instructions per 32 weights once
+// per tile and block of up to 96 x rows.
+//
+// References: matmul_bf16_ref (bf16-rounded x, exact products, double accumulation); for q8,
+// matmul_q8bf16_ref (the same with w = bf16(float(q) * scale)).
 #include "core/threads.h"
 
 #include <algorithm>
@@ -14,6 +24,7 @@
 
 #include "core/error.h"
 #include "kernels/dispatch.h"
+#include "kernels/prefetch.h"
 
 namespace parscale::kernels {
 
@@ -26,6 +37,21 @@ void matmul_bf16_ref(const float* x, int64_t M, const WeightView& W, const float
       double acc = bias ? bias[n] : 0.0;
       for (int64_t k = 0; k < K; ++k)
         acc += static_cast<double>(bf16_to_f32(f32_to_bf16(x[m * K + k]))) * bf16_to_f32(w[n * K + k]);
+      y[m * N + n] = static_cast<float>(acc);
+    }
+}
+
+void matmul_q8bf16_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  check(W.dtype == DType::I8 && W.block > 0 && W.cols % W.block == 0, "matmul_q8bf16_ref: weights must be q8 (I8 + block scales)");
+  const int64_t N = W.rows, K = W.cols, nb = K / W.block;
+  const int8_t* q = static_cast<const int8_t*>(W.data);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = bias ? bias[n] : 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float w = bf16_to_f32(f32_to_bf16(static_cast<float>(q[n * K + k]) * W.scales[n * nb + k / W.block]));
+        acc += static_cast<double>(bf16_to_f32(f32_to_bf16(x[m * K + k]))) * w;
+      }
       y[m * N + n] = static_cast<float>(acc);
     }
 }
@@ -80,8 +106,9 @@ void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb
 // y[m * ldy + j] += hsum for j < nr. w[j] points at weight row j (rows past nr repeat a valid row).
 // pf: prefetch distance in bf16 elements (0: none); decode streams the weights from DRAM once, so
 // each row's line pf elements ahead (the same columns NR rows further down) is requested early.
+// wk0: w[j][k - wk0] holds column k (0 for weights as stored; k0 for a dequantized chunk).
 template <int MRr>
-void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0, int64_t kend, int64_t K,
+void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t wk0, int64_t k0, int64_t kend, int64_t K,
            float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
   __m512 acc[MRr][NR];
 #pragma GCC unroll 8
@@ -97,7 +124,7 @@ void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
       if (pf) _mm_prefetch(reinterpret_cast<const char*>(w[j] + k + pf), _MM_HINT_T0);
-      const __m512bh wv = as_bh(_mm512_loadu_si512(w[j] + k));
+      const __m512bh wv = as_bh(_mm512_loadu_si512(w[j] + (k - wk0)));
 #pragma GCC unroll 8
       for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
     }
@@ -109,7 +136,7 @@ void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0
     for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
-      const __m512bh wv = as_bh(_mm512_maskz_loadu_epi16(mask, w[j] + k));
+      const __m512bh wv = as_bh(_mm512_maskz_loadu_epi16(mask, w[j] + (k - wk0)));
 #pragma GCC unroll 8
       for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
     }
@@ -125,31 +152,176 @@ void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0
     for (int j = 0; j < nr; ++j) y[m * ldy + j] += _mm512_reduce_add_ps(acc[m][j]);
 }
 
-void micro_rows(int mr, const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t k0, int64_t kend, int64_t K,
-                float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
+void micro_rows(int mr, const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t wk0, int64_t k0, int64_t kend,
+                int64_t K, float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
   switch (mr) {
-    case 1: micro<1>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
-    case 2: micro<2>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
-    case 3: micro<3>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
-    case 4: micro<4>(xb, ldx, w, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 1: micro<1>(xb, ldx, w, wk0, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 2: micro<2>(xb, ldx, w, wk0, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 3: micro<3>(xb, ldx, w, wk0, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    case 4: micro<4>(xb, ldx, w, wk0, k0, kend, K, accbuf, lda, first, last, y, ldy, nr, pf); break;
+    default: break;
+  }
+}
+
+// dst[r * KC + (k - k0)] = bf16(float(q[n0 + r, k]) * scale) for r < nr, k in [k0, kend) (k0 and
+// kend multiples of 32, kend at most k0 + KC); columns at or past K are zero. W: q8 with
+// W.block % 16 == 0, so K % 16 == 0 and each group of 16 columns lies in one scale block (the
+// block index advances by comparison: no division per group). Each 64-byte line of the same
+// columns NB rows further down (the next tile) is prefetched as this one is read: a decode step
+// streams the weights from DRAM once, and 1 KB runs per row are too short for the hardware
+// prefetcher alone.
+void dequant_q8_chunk(const WeightView& W, int64_t n0, int64_t nr, int64_t k0, int64_t kend, uint16_t* dst) {
+  const int64_t K = W.cols, block = W.block, nb = K / block;
+  const int64_t kvalid = std::min(kend, K);
+  const int8_t* q = static_cast<const int8_t*>(W.data);
+  const int64_t b0 = k0 / block;
+  for (int64_t r = 0; r < nr; ++r) {
+    const int8_t* row = q + (n0 + r) * K;
+    const int8_t* ahead = q + prefetch_row(n0 + r, NB, W.rows) * K;
+    const float* sc = W.scales + (n0 + r) * nb;
+    uint16_t* d = dst + r * KC;
+    int64_t b = b0, bnext = (b0 + 1) * block;
+    __m512 s = _mm512_set1_ps(sc[b]);
+    auto group = [&](int64_t k) {  // 16 columns from k (< K) as fp32
+      if (k >= bnext) {
+        b += 1;
+        bnext += block;
+        s = _mm512_set1_ps(sc[b]);
+      }
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
+      return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), s);
+    };
+    int64_t k = k0;
+    for (; k + kStep <= kvalid; k += kStep) {
+      if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + k), _MM_HINT_T0);
+      const __m512 lo = group(k);
+      const __m512 hi = group(k + 16);
+      _mm512_storeu_si512(d + (k - k0), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    for (; k < kend; k += kStep) {  // the padded end: 16 or 0 valid columns, then zeros
+      const __m512 lo = k < kvalid ? group(k) : _mm512_setzero_ps();
+      _mm512_storeu_si512(d + (k - k0), (__m512i)_mm512_cvtne2ps_pbh(_mm512_setzero_ps(), lo));
+    }
+  }
+}
+
+// q8 decode (M <= MR): the dequantization fused into the microkernel, in registers: for each 32
+// columns, each of the NR weight rows is dequantized exactly as dequant_q8_chunk does it and used
+// by all MRr x rows at once; the whole K in one pass. Same values, same chain per lane, same
+// horizontal sum as the chunked path, so the same bits. Each row's line of the same columns NR
+// rows further down is prefetched as this one is read.
+template <int MRr>
+void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_t* rows, int64_t Kp, float* y,
+              int64_t ldy, int64_t nr) {
+  const int64_t K = W.cols, block = W.block, nb = K / block;
+  const int8_t* q = static_cast<const int8_t*>(W.data);
+  const int8_t* wr[NR];
+  const int8_t* ahead[NR];
+  const float* sc[NR];
+#pragma GCC unroll 8
+  for (int j = 0; j < NR; ++j) {
+    wr[j] = q + rows[j] * K;
+    ahead[j] = q + prefetch_row(rows[j], NR, W.rows) * K;
+    sc[j] = W.scales + rows[j] * nb;
+  }
+  __m512 acc[MRr][NR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MRr; ++m)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_setzero_ps();
+  int64_t b = 0, bnext = block;
+  __m512 s[NR];
+#pragma GCC unroll 8
+  for (int j = 0; j < NR; ++j) s[j] = _mm512_set1_ps(sc[j][0]);
+  auto rescale = [&](int64_t k) {
+    if (k >= bnext) {
+      b += 1;
+      bnext += block;
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) s[j] = _mm512_set1_ps(sc[j][b]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + kStep <= K; k += kStep) {
+    __m512bh xv[MRr];
+#pragma GCC unroll 8
+    for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
+    rescale(k);
+    __m512 lo[NR];
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead[j] + k), _MM_HINT_T0);
+      lo[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k)))), s[j]);
+    }
+    rescale(k + 16);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const __m512 hi = _mm512_mul_ps(
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k + 16)))), s[j]);
+      const __m512bh wv = _mm512_cvtne2ps_pbh(hi, lo[j]);
+#pragma GCC unroll 8
+      for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
+    }
+  }
+  if (k < Kp) {  // K % 32 == 16: the last 16 columns, then 16 zeros (x is zero padded too)
+    __m512bh xv[MRr];
+#pragma GCC unroll 8
+    for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
+    rescale(k);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k)))), s[j]);
+      const __m512bh wv = _mm512_cvtne2ps_pbh(_mm512_setzero_ps(), lo);
+#pragma GCC unroll 8
+      for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
+    }
+  }
+  for (int m = 0; m < MRr; ++m)
+    for (int j = 0; j < nr; ++j) y[m * ldy + j] += _mm512_reduce_add_ps(acc[m][j]);
+}
+
+void micro_q8_rows(int mr, const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_t* rows, int64_t Kp, float* y,
+                   int64_t ldy, int64_t nr) {
+  switch (mr) {
+    case 1: micro_q8<1>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 2: micro_q8<2>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 3: micro_q8<3>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 4: micro_q8<4>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
     default: break;
   }
 }
 
 // y[M, N] += xb[M, Kp] · W[N, K]^T (xb: bf16 rows zero padded to Kp). Threads take tiles of NB
 // weight rows; the tile's K chunk stays in L1 while every block of MB x rows passes over it.
-// Decode (M <= kDecodeRows): the whole K in one chunk, weights prefetched NR rows ahead. (The
+// BF16 decode (M <= kDecodeRows): the whole K in one chunk, weights prefetched NR rows ahead. q8:
+// chunks of KC for every M, each dequantized into a per-thread bf16 buffer before use. (The
 // chunking changes no arithmetic: the partial sums carry over, so results are the same.)
 constexpr int64_t kDecodeRows = 32;
 void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
   const int64_t N = Wt.rows, K = Wt.cols;
-  const bool decode = M <= kDecodeRows;
+  const bool q8 = Wt.dtype == DType::I8;
+  const bool decode = M <= kDecodeRows && !q8;
   const int64_t kchunk = decode ? Kp : KC, pf = decode ? NR * K : 0;
-  const uint16_t* wdata = static_cast<const uint16_t*>(Wt.data);
+  const uint16_t* wdata = q8 ? nullptr : static_cast<const uint16_t*>(Wt.data);
   const int64_t n_tiles = (N + NB - 1) / NB;
   constexpr int64_t lda = NB * kLanes;
+  if (q8 && M <= MR) {  // q8 decode: dequantized in registers, no buffer
+    parallel_for(n_tiles, 1, [&](int64_t tb, int64_t te, int) {
+      for (int64_t t = tb; t < te; ++t) {
+        const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
+        for (int64_t j = 0; j < nr; j += NR) {
+          const int64_t nrj = std::min<int64_t>(NR, nr - j);
+          int64_t rows[NR];
+          for (int jj = 0; jj < NR; ++jj) rows[jj] = n0 + j + std::min<int64_t>(jj, nrj - 1);
+          micro_q8_rows(static_cast<int>(M), xb, Kp, Wt, rows, Kp, y + n0 + j, N, nrj);
+        }
+      }
+    });
+    return;
+  }
   parallel_for(n_tiles, 1, [&](int64_t tb, int64_t te, int) {
     alignas(64) float accbuf[MB * NB * kLanes];
+    alignas(64) uint16_t wbuf[NB * KC];  // q8 only: the dequantized weight chunk
     for (int64_t t = tb; t < te; ++t) {
       const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
       for (int64_t m0 = 0; m0 < M; m0 += MB) {
@@ -157,14 +329,18 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
         for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
           const int64_t kend = std::min(Kp, k0 + kchunk);
           const bool first = k0 == 0, last = kend >= Kp;
+          if (q8) dequant_q8_chunk(Wt, n0, nr, k0, kend, wbuf);
           for (int64_t j = 0; j < nr; j += NR) {
             const int64_t nrj = std::min<int64_t>(NR, nr - j);
             const uint16_t* w[NR];
-            for (int jj = 0; jj < NR; ++jj) w[jj] = wdata + (n0 + j + std::min<int64_t>(jj, nrj - 1)) * K;
+            for (int jj = 0; jj < NR; ++jj) {
+              const int64_t r = j + std::min<int64_t>(jj, nrj - 1);
+              w[jj] = q8 ? wbuf + r * KC : wdata + (n0 + r) * K;
+            }
             for (int64_t m = m0; m < m0 + mb; m += MR) {
               const int mr = static_cast<int>(std::min<int64_t>(MR, m0 + mb - m));
-              micro_rows(mr, xb + m * Kp, Kp, w, k0, kend, K, accbuf + (m - m0) * lda + j * kLanes, lda, first, last,
-                         y + m * N + n0 + j, N, nrj, pf);
+              micro_rows(mr, xb + m * Kp, Kp, w, q8 ? k0 : 0, k0, kend, K, accbuf + (m - m0) * lda + j * kLanes, lda,
+                         first, last, y + m * N + n0 + j, N, nrj, pf);
             }
           }
         }
