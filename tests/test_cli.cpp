@@ -1,5 +1,6 @@
 // End-to-end checks of the acceptance CLI forms against the golden fixtures.
 #include "test_util.h"
+#include "kernels/kernels.h"
 
 using namespace parscale;
 namespace fs = std::filesystem;
@@ -77,6 +78,40 @@ TEST(Cli, ErrorsAreOneLineWithNonZeroExit) {
   EXPECT_EQ(test::run_command(bin() + " generate --model " + model("ps2_t1_f32_untied") + " --ids 1 --top-p 0", &out, &err), 1);
   EXPECT_NE(err.find("--top-p"), std::string::npos) << err;
   EXPECT_NE(test::run_command(bin() + " nosuchcommand", &out, &err), 0);
+}
+
+}  // namespace
+
+namespace {
+
+// `bench --json` on random tiny q8 weights in both compute modes: every row timed, the prefill's
+// share of the compute peak reported, and the bf16 dot-product peak probed exactly when fast mode
+// has those kernels here. (Figures are measured, never asserted: only presence and sign.)
+TEST(Cli, BenchJsonReportsPeaksAndPrefillShare) {
+  for (const std::string mode : {"exact", "fast"}) {
+    std::string cmd = "PARSCALE_COMPUTE=";
+    cmd += mode;
+    cmd += ' ';
+    cmd += bin();
+    cmd += " bench --shape tiny --dtype q8 --streams 1,2 --prompt-len 8 --decode-steps 2 --threads 1 --json";
+    std::string out, err;
+    ASSERT_EQ(test::run_command(cmd, &out, &err), 0) << err;
+    const json j = json::parse(out);
+    EXPECT_EQ(j["machine"]["compute_mode"], mode);
+    EXPECT_GT(j["machine"]["fma_peak_gflops"].get<double>(), 0.0);
+    const double bf16_peak = j["machine"]["bf16dot_peak_gflops"].get<double>();
+    if (mode == "fast" && parscale::kernels::fast_bf16_supported())
+      EXPECT_GT(bf16_peak, 0.0);
+    else
+      EXPECT_EQ(bf16_peak, 0.0);
+    ASSERT_EQ(j["results"].size(), 2u);
+    for (const auto& r : j["results"]) {
+      EXPECT_GT(r["prefill_tok_s"].get<double>(), 0.0);
+      EXPECT_GT(r["prefill_gflops"].get<double>(), 0.0);
+      EXPECT_GT(r["prefill_peak_share"].get<double>(), 0.0);
+      EXPECT_GT(r["decode_ms_median"].get<double>(), 0.0);
+    }
+  }
 }
 
 }  // namespace

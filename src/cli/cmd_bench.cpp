@@ -1,8 +1,9 @@
 // `parscale bench (--model DIR | --shape parscale-1.8b|qwen3-1.7b|tiny) [--dtype bf16] [--streams 1,2,4,8]
 //                 [--batch 1,4] [--prompt-len 512] [--decode-steps 16] [--threads N] [--json]`
 // Measures, for each (P, B): prefill tokens/s, decode ms per step (min and median over the steps)
-// and tokens/s, peak resident memory, and the roofline lower bound from this machine's streaming
-// read bandwidth and FMA rate (both probed once at start). Random weights of a named shape are
+// and tokens/s, peak resident memory, the roofline lower bound from this machine's streaming read
+// bandwidth and compute peak (probed once at start: the fp32 FMA rate, or in fast mode the bf16
+// dot-product rate for the weights that run on it), and the prefill's share of that peak. Random weights of a named shape are
 // generated in memory directly in the target dtype, ParScale prefixes and aggregation included.
 
 #include <algorithm>
@@ -60,6 +61,7 @@ struct Row {
   double prefill_tok_s, prefill_lb_tok_s;
   double decode_ms_min, decode_ms_median, decode_lb_ms;
   double peak_rss_mb, weights_mb, kv_mb;
+  double prefill_gflops = 0, prefill_peak_share = 0;  // model FLOP/s of the prefill; its share of the compute peak in use
 };
 
 parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, memory and the roofline bound", [](CLI::App& app) {
@@ -105,10 +107,15 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
     // Machine probes (before any weights exist, so they measure memory, not caches).
     const double bw_gbs = kernels::probe_read_bandwidth(size_t{1} << 30, 1.0);
     const double fma_gflops = kernels::probe_fma_gflops(1.0);
+    const bool fast = kernels::active_compute_mode() == kernels::ComputeMode::Fast;
+    const double bf16_gflops = fast ? kernels::probe_bf16dot_gflops(1.0) : 0.0;
     const char* path = kernels::kernel_path_name(kernels::active_kernel_path());
-    if (!o->json)
-      std::printf("machine: %d threads, kernels %s, read bandwidth %.1f GB/s, fp32 FMA peak %.1f GFLOP/s\n", threads, path,
-                  bw_gbs, fma_gflops);
+    if (!o->json) {
+      std::printf("machine: %d threads, kernels %s, %s mode, read bandwidth %.1f GB/s, fp32 FMA peak %.1f GFLOP/s", threads,
+                  path, kernels::compute_mode_name(kernels::active_compute_mode()), bw_gbs, fma_gflops);
+      if (bf16_gflops > 0) std::printf(", bf16-dot peak %.1f GFLOP/s", bf16_gflops);
+      std::printf("\n");
+    }
 
     ModelWeights backbone;
     std::string source;
@@ -199,6 +206,10 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       const ModelWeights w = o->model_dir.empty() ? with_streams(backbone, P, o->seed) : backbone;
       const ModelConfig& c = w.config;
       const bench::ModelCost cost = model_cost(w);
+      // The compute peak of the backbone's matmuls: the bf16 dot-product rate where they run on
+      // those kernels (fast mode), else the fp32 FMA rate.
+      const bool on_bf16dot = !w.bb().layers.empty() && kernels::uses_bf16dot(w.bb().layers[0].gate_proj);
+      const double peak_gflops = on_bf16dot && bf16_gflops > 0 ? bf16_gflops : fma_gflops;
       for (int64_t B : batches) {
         reset_peak_rss();
         double prefill_s = INFINITY;
@@ -215,7 +226,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
         std::vector<double> sorted = step_ms;
         std::sort(sorted.begin(), sorted.end());
 
-        // Roofline lower bounds: time >= max(bytes / bandwidth, flops / FMA peak).
+        // Roofline lower bounds: time >= max(bytes / bandwidth, flops / compute peak).
         const double R = static_cast<double>(B * P), D = static_cast<double>(c.head_dim);
         const double layers = static_cast<double>(c.num_hidden_layers), heads = static_cast<double>(c.num_attention_heads);
         const double kvh = static_cast<double>(c.num_key_value_heads), T = static_cast<double>(c.prefix_tokens());
@@ -225,19 +236,21 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
         const double dec_flops = 2.0 * R * static_cast<double>(cost.backbone_params) +
                                  2.0 * static_cast<double>(B) * static_cast<double>(cost.head_params + cost.agg_params) +
                                  R * layers * heads * ctx * D * 4.0;
-        const double dec_lb_s = std::max(dec_bytes / (bw_gbs * 1e9), dec_flops / (fma_gflops * 1e9));
+        const double dec_lb_s = std::max(dec_bytes / (bw_gbs * 1e9), dec_flops / (peak_gflops * 1e9));
         const double Lp = static_cast<double>(o->prompt_len);
         const double pre_flops = 2.0 * R * Lp * static_cast<double>(cost.backbone_params) +
                                  2.0 * static_cast<double>(B * passes) * static_cast<double>(cost.head_params + cost.agg_params) +
                                  R * layers * heads * (T * Lp + Lp * (Lp + 1) / 2.0) * D * 4.0;
         const double pre_bytes = static_cast<double>(passes) * static_cast<double>(cost.backbone_bytes + cost.head_bytes + cost.agg_bytes);
-        const double pre_lb_s = std::max(pre_bytes / (bw_gbs * 1e9), pre_flops / (fma_gflops * 1e9));
+        const double pre_lb_s = std::max(pre_bytes / (bw_gbs * 1e9), pre_flops / (peak_gflops * 1e9));
 
         Row row;
         row.P = P;
         row.B = B;
         row.prefill_tok_s = static_cast<double>(B) * Lp / prefill_s;
         row.prefill_lb_tok_s = static_cast<double>(B) * Lp / pre_lb_s;
+        row.prefill_gflops = pre_flops / prefill_s / 1e9;
+        row.prefill_peak_share = row.prefill_gflops / peak_gflops;
         row.decode_ms_min = sorted.front();
         row.decode_ms_median = sorted[sorted.size() / 2];
         row.decode_lb_ms = dec_lb_s * 1e3;
@@ -247,10 +260,11 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
         rows.push_back(row);
         if (!o->json) {
           if (rows.size() == 1)
-            std::printf("%3s %3s | %12s %10s | %11s %11s %10s %9s | %9s %9s %9s %6s\n", "P", "B", "prefill t/s", "bound t/s",
-                        "decode ms", "median ms", "bound ms", "tok/s", "peak MiB", "wts MiB", "KV MiB", "ratio");
-          std::printf("%3lld %3lld | %12.1f %10.1f | %11.1f %11.1f %10.1f %9.2f | %9.0f %9.0f %9.0f %6.3f\n",
+            std::printf("%3s %3s | %12s %10s %7s | %11s %11s %10s %9s | %9s %9s %9s %6s\n", "P", "B", "prefill t/s", "bound t/s",
+                        "% peak", "decode ms", "median ms", "bound ms", "tok/s", "peak MiB", "wts MiB", "KV MiB", "ratio");
+          std::printf("%3lld %3lld | %12.1f %10.1f %6.1f%% | %11.1f %11.1f %10.1f %9.2f | %9.0f %9.0f %9.0f %6.3f\n",
                       static_cast<long long>(P), static_cast<long long>(B), row.prefill_tok_s, row.prefill_lb_tok_s,
+                      100.0 * row.prefill_peak_share,
                       row.decode_ms_min, row.decode_ms_median, row.decode_lb_ms, static_cast<double>(B) * 1e3 / row.decode_ms_median,
                       row.peak_rss_mb, row.weights_mb, row.kv_mb, row.peak_rss_mb / (row.weights_mb + row.kv_mb));
           std::fflush(stdout);
@@ -260,12 +274,14 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
     if (o->json) {
       std::ostringstream js;
       js << "{\"machine\": {\"threads\": " << threads << ", \"kernels\": \"" << path << "\", \"read_bandwidth_gbs\": " << bw_gbs
-         << ", \"fma_peak_gflops\": " << fma_gflops << "}, \"source\": \"" << source << "\", \"prompt_len\": " << o->prompt_len
+         << ", \"fma_peak_gflops\": " << fma_gflops << ", \"bf16dot_peak_gflops\": " << bf16_gflops << ", \"compute_mode\": \""
+         << kernels::compute_mode_name(kernels::active_compute_mode()) << "\"}, \"source\": \"" << source << "\", \"prompt_len\": " << o->prompt_len
          << ", \"decode_steps\": " << o->decode_steps << ", \"results\": [";
       for (size_t i = 0; i < rows.size(); ++i) {
         const Row& r = rows[i];
         js << (i ? ", " : "") << "{\"streams\": " << r.P << ", \"batch\": " << r.B << ", \"prefill_tok_s\": " << r.prefill_tok_s
-           << ", \"prefill_bound_tok_s\": " << r.prefill_lb_tok_s << ", \"decode_ms_min\": " << r.decode_ms_min
+           << ", \"prefill_bound_tok_s\": " << r.prefill_lb_tok_s << ", \"prefill_gflops\": " << r.prefill_gflops
+           << ", \"prefill_peak_share\": " << r.prefill_peak_share << ", \"decode_ms_min\": " << r.decode_ms_min
            << ", \"decode_ms_median\": " << r.decode_ms_median << ", \"decode_bound_ms\": " << r.decode_lb_ms
            << ", \"decode_tok_s\": " << static_cast<double>(r.B) * 1e3 / r.decode_ms_median << ", \"peak_rss_mib\": " << r.peak_rss_mb
            << ", \"weights_mib\": " << r.weights_mb << ", \"kv_cache_mib\": " << r.kv_mb << "}";

@@ -157,13 +157,14 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-double probe_fma_gflops(double seconds) {
-  const detail::KernelTable& t = detail::active();
-  // Calibrate the round count on one thread, then run all threads together.
+namespace {
+// Best rate over ~`seconds` of all pool threads running chains(iters) at once, in units of
+// `units_per_iter` per call of chains per iteration (the round count calibrated on one thread).
+double probe_chains(float (*chains)(int64_t), double units_per_iter, double seconds) {
   int64_t iters = 1 << 16;
   for (;;) {
     const auto t0 = std::chrono::steady_clock::now();
-    volatile float sink = t.fma_chains(iters);
+    volatile float sink = chains(iters);
     (void)sink;
     if (seconds_since(t0) > 0.02 || iters > (int64_t{1} << 40)) break;
     iters *= 4;
@@ -174,16 +175,27 @@ double probe_fma_gflops(double seconds) {
     const int threads = num_threads();
     std::vector<float> part(static_cast<size_t>(threads));
     const auto t0 = std::chrono::steady_clock::now();
-    parallel_for(threads, 1, [&](int64_t b, int64_t, int) { part[static_cast<size_t>(b)] = t.fma_chains(iters); });
+    parallel_for(threads, 1, [&](int64_t b, int64_t, int) { part[static_cast<size_t>(b)] = chains(iters); });
     float acc = 0.0f;
     for (float p : part) acc += p;
     volatile float sink = acc;
     (void)sink;
     const double dt = seconds_since(t0);
-    best = std::max(best, static_cast<double>(threads) * static_cast<double>(iters) * 16.0 *
-                              static_cast<double>(t.fma_lanes) * 2.0 / dt / 1e9);
+    best = std::max(best, static_cast<double>(threads) * static_cast<double>(iters) * units_per_iter / dt / 1e9);
   } while (seconds_since(start) < seconds);
   return best;
+}
+}  // namespace
+
+double probe_fma_gflops(double seconds) {
+  const detail::KernelTable& t = detail::active();
+  // 16 chains of fma_lanes lanes, 2 FLOP each, per iteration.
+  return probe_chains(t.fma_chains, 16.0 * static_cast<double>(t.fma_lanes) * 2.0, seconds);
+}
+
+double probe_bf16dot_gflops(double seconds) {
+  if (!fast_bf16_supported()) return 0.0;
+  return probe_chains(detail::bf16dot_chains, 16.0 * 64.0, seconds);  // 16 chains x 64 FLOP
 }
 
 double probe_read_bandwidth(size_t bytes, double seconds) {
@@ -271,6 +283,8 @@ void set_compute_mode(ComputeMode m) {
 }
 
 bool fast_bf16_supported() { return detail::bf16dot_compiled() && detail::cpu_has_bf16dot(); }
+
+bool uses_bf16dot(const WeightView& W) { return detail::use_bf16dot(W); }
 
 void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
   if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, bias, y, false);

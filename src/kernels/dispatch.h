@@ -47,6 +47,7 @@ float read_sum_scalar(const float* p, int64_t n);
 // Fast compute mode, BF16 and q8 weights (matmul_bf16dot.cpp; AVX512-BF16). bf16dot_compiled() is false
 // where the compiler cannot build them (the others then throw).
 bool bf16dot_compiled();
+float bf16dot_chains(int64_t iters);  // the peak probe's inner loop (16 vdpbf16ps chains)
 void matmul_bf16dot(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate);
 void matmul_multi_bf16dot(const float* x, int64_t M, const MatmulOut* outs, int count);
 void gate_up_swiglu_bf16dot(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,

@@ -44,10 +44,16 @@ ComputeMode active_compute_mode();
 void set_compute_mode(ComputeMode m);
 // Whether this binary and CPU have the bf16 dot-product kernels the fast mode uses.
 bool fast_bf16_supported();
+// Whether matmuls with W run on those kernels now (fast mode, AVX-512 path, BF16 or q8 W).
+bool uses_bf16dot(const WeightView& W);
 
 // ---- machine probes (for roofline figures; run on the active path, all pool threads) ---------
 // Sustained fp32 FMA rate in GFLOP/s (independent register-resident FMA chains, about `seconds`).
 double probe_fma_gflops(double seconds);
+// Sustained AVX512-BF16 dot-product rate in GFLOP/s (vdpbf16ps: 32 multiply-adds, 64 FLOP, per
+// instruction; independent chains, all pool threads, about `seconds`); 0 where
+// fast_bf16_supported() is false. The compute peak of fast mode's matmuls.
+double probe_bf16dot_gflops(double seconds);
 // Streaming-read bandwidth in GB/s over a freshly allocated buffer of `bytes` (freed on return).
 double probe_read_bandwidth(size_t bytes, double seconds);
 

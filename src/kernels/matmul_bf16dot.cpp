@@ -367,6 +367,23 @@ void init_output(int64_t M, int64_t N, const float* bias, float* y) {
 
 bool bf16dot_compiled() { return true; }
 
+// 16 independent vdpbf16ps chains, iters rounds (for probe_bf16dot_gflops: 32 multiply-adds,
+// 64 FLOP, per instruction).
+float bf16dot_chains(int64_t iters) {
+  __m512 a[16];
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(-1e-3f));
+  const __m512bh c = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.5f));
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(static_cast<float>(i));
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) a[i] = _mm512_dpbf16_ps(a[i], b, c);
+  }
+  __m512 s = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) s = _mm512_add_ps(s, a[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
 void matmul_bf16dot(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate) {
   if (W.rows == 0 || M == 0) return;
   if (!accumulate) init_output(M, W.rows, bias, y);
@@ -407,6 +424,7 @@ void gate_up_swiglu_bf16dot(const float* x, int64_t M, const WeightView& Wg, con
 #else
 namespace parscale::kernels::detail {
 bool bf16dot_compiled() { return false; }
+float bf16dot_chains(int64_t) { throw Error("bf16 dot-product kernels are not built on this platform"); }
 void matmul_bf16dot(const float*, int64_t, const WeightView&, const float*, float*, bool) {
   throw Error("bf16 dot-product kernels are not built on this platform");
 }
