@@ -205,40 +205,40 @@ void dequant_q8_chunk(const WeightView& W, int64_t n0, int64_t nr, int64_t k0, i
   }
 }
 
-// q8 decode (M <= MR): the dequantization fused into the microkernel, in registers: for each 32
+// q8 decode (M <= 2 MR): the dequantization fused into the microkernel, in registers: for each 32
 // columns, each of the NR weight rows is dequantized exactly as dequant_q8_chunk does it and used
 // by all MRr x rows at once; the whole K in one pass. Same values, same chain per lane, same
 // horizontal sum as the chunked path, so the same bits. Each row's line of the same columns NR
 // rows further down is prefetched as this one is read.
-template <int MRr>
+template <int MRr, int NRr>
 void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_t* rows, int64_t Kp, float* y,
               int64_t ldy, int64_t nr) {
   const int64_t K = W.cols, block = W.block, nb = K / block;
   const int8_t* q = static_cast<const int8_t*>(W.data);
-  const int8_t* wr[NR];
-  const int8_t* ahead[NR];
-  const float* sc[NR];
+  const int8_t* wr[NRr];
+  const int8_t* ahead[NRr];
+  const float* sc[NRr];
 #pragma GCC unroll 8
-  for (int j = 0; j < NR; ++j) {
+  for (int j = 0; j < NRr; ++j) {
     wr[j] = q + rows[j] * K;
-    ahead[j] = q + prefetch_row(rows[j], NR, W.rows) * K;
+    ahead[j] = q + prefetch_row(rows[j], NRr, W.rows) * K;
     sc[j] = W.scales + rows[j] * nb;
   }
-  __m512 acc[MRr][NR];
+  __m512 acc[MRr][NRr];
 #pragma GCC unroll 8
   for (int m = 0; m < MRr; ++m)
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NRr; ++j) acc[m][j] = _mm512_setzero_ps();
   int64_t b = 0, bnext = block;
-  __m512 s[NR];
+  __m512 s[NRr];
 #pragma GCC unroll 8
-  for (int j = 0; j < NR; ++j) s[j] = _mm512_set1_ps(sc[j][0]);
+  for (int j = 0; j < NRr; ++j) s[j] = _mm512_set1_ps(sc[j][0]);
   auto rescale = [&](int64_t k) {
     if (k >= bnext) {
       b += 1;
       bnext += block;
 #pragma GCC unroll 8
-      for (int j = 0; j < NR; ++j) s[j] = _mm512_set1_ps(sc[j][b]);
+      for (int j = 0; j < NRr; ++j) s[j] = _mm512_set1_ps(sc[j][b]);
     }
   };
   int64_t k = 0;
@@ -247,15 +247,15 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
 #pragma GCC unroll 8
     for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
     rescale(k);
-    __m512 lo[NR];
+    __m512 lo[NRr];
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
+    for (int j = 0; j < NRr; ++j) {
       if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead[j] + k), _MM_HINT_T0);
       lo[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k)))), s[j]);
     }
     rescale(k + 16);
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
+    for (int j = 0; j < NRr; ++j) {
       const __m512 hi = _mm512_mul_ps(
           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k + 16)))), s[j]);
       const __m512bh wv = _mm512_cvtne2ps_pbh(hi, lo[j]);
@@ -269,7 +269,7 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
     for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
     rescale(k);
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
+    for (int j = 0; j < NRr; ++j) {
       const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k)))), s[j]);
       const __m512bh wv = _mm512_cvtne2ps_pbh(_mm512_setzero_ps(), lo);
 #pragma GCC unroll 8
@@ -280,13 +280,18 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
     for (int j = 0; j < nr; ++j) y[m * ldy + j] += _mm512_reduce_add_ps(acc[m][j]);
 }
 
+// rows: NR weight rows for mr <= MR (16 accumulators), NR / 2 for mr <= 2 * MR (mr x 2).
 void micro_q8_rows(int mr, const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_t* rows, int64_t Kp, float* y,
                    int64_t ldy, int64_t nr) {
   switch (mr) {
-    case 1: micro_q8<1>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
-    case 2: micro_q8<2>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
-    case 3: micro_q8<3>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
-    case 4: micro_q8<4>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 1: micro_q8<1, NR>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 2: micro_q8<2, NR>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 3: micro_q8<3, NR>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 4: micro_q8<4, NR>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 5: micro_q8<5, NR / 2>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 6: micro_q8<6, NR / 2>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 7: micro_q8<7, NR / 2>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
+    case 8: micro_q8<8, NR / 2>(xb, ldx, W, rows, Kp, y, ldy, nr); break;
     default: break;
   }
 }
@@ -305,12 +310,13 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
   const uint16_t* wdata = q8 ? nullptr : static_cast<const uint16_t*>(Wt.data);
   const int64_t n_tiles = (N + NB - 1) / NB;
   constexpr int64_t lda = NB * kLanes;
-  if (q8 && M <= MR) {  // q8 decode: dequantized in registers, no buffer
+  if (q8 && M <= 2 * MR) {  // q8 decode: dequantized in registers, no buffer
+    const int64_t step = M <= MR ? NR : NR / 2;  // weight rows per microkernel call
     parallel_for(n_tiles, 1, [&](int64_t tb, int64_t te, int) {
       for (int64_t t = tb; t < te; ++t) {
         const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
-        for (int64_t j = 0; j < nr; j += NR) {
-          const int64_t nrj = std::min<int64_t>(NR, nr - j);
+        for (int64_t j = 0; j < nr; j += step) {
+          const int64_t nrj = std::min<int64_t>(step, nr - j);
           int64_t rows[NR];
           for (int jj = 0; jj < NR; ++jj) rows[jj] = n0 + j + std::min<int64_t>(jj, nrj - 1);
           micro_q8_rows(static_cast<int>(M), xb, Kp, Wt, rows, Kp, y + n0 + j, N, nrj);
