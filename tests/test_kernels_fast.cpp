@@ -97,6 +97,8 @@ bool same_bits(const float* a, const float* b, int64_t n) { return std::memcmp(a
 TEST(ComputeModeNames, ParseAndNames) {
   EXPECT_EQ(parse_compute_mode("exact"), ComputeMode::Exact);
   EXPECT_EQ(parse_compute_mode("fast"), ComputeMode::Fast);
+  EXPECT_EQ(parse_compute_mode("auto"), ComputeMode::Auto);
+  EXPECT_STREQ(compute_mode_name(ComputeMode::Auto), "auto");
   EXPECT_STREQ(compute_mode_name(ComputeMode::Fast), "fast");
   EXPECT_STREQ(compute_mode_name(ComputeMode::Exact), "exact");
   EXPECT_THROW(parse_compute_mode("turbo"), Error);
@@ -262,6 +264,34 @@ TEST_F(FastMode, Q8BlocksNotAMultipleOf16ComputeAsInExactMode) {
     set_compute_mode(ComputeMode::Fast);
     matmul(x.data(), M, w.view, nullptr, fa.data());
     EXPECT_TRUE(same_bits(e.data(), fa.data(), M * N)) << kernel_path_name(p);
+  }
+}
+
+// Auto (the default): q8 on the fast kernels, BF16 (and every other dtype) exact.
+TEST_F(FastMode, AutoModeIsFastForQ8AndExactForBf16) {
+  const int64_t M = 9, N = 21, K = 640;
+  Q8Weight q(N, K, 32, 71u);
+  Bf16Weight b(N, K, 72u);
+  const auto x = randn(static_cast<size_t>(M * K), 73u);
+  for (KernelPath p : {KernelPath::Scalar, KernelPath::AVX2, KernelPath::AVX512}) {
+    if (!kernel_path_supported(p)) continue;
+    set_kernel_path(p);
+    for (const WeightView* w : {&q.view, &b.view}) {
+      std::vector<float> e(static_cast<size_t>(M * N)), f(e.size()), a(e.size());
+      set_compute_mode(ComputeMode::Exact);
+      matmul(x.data(), M, *w, nullptr, e.data());
+      set_compute_mode(ComputeMode::Fast);
+      matmul(x.data(), M, *w, nullptr, f.data());
+      set_compute_mode(ComputeMode::Auto);
+      matmul(x.data(), M, *w, nullptr, a.data());
+      const bool fast_here = p == KernelPath::AVX512 && fast_bf16_supported();
+      const std::string what = std::string(kernel_path_name(p)) + " " + dtype_name(w->dtype);
+      EXPECT_EQ(uses_bf16dot(*w), fast_here && w->dtype == DType::I8) << what;
+      EXPECT_TRUE(same_bits(a.data(), (w->dtype == DType::I8 ? f : e).data(), M * N)) << what;
+      if (fast_here) {
+        EXPECT_FALSE(same_bits(e.data(), f.data(), M * N)) << what;
+      }
+    }
   }
 }
 

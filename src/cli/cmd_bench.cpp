@@ -35,7 +35,7 @@ using bench::with_streams;
 using bench::reset_peak_rss;
 
 struct Opts {
-  std::string model_dir, shape, dtype = "bf16", streams = "1,2,4,8", batch = "1", kernels = "auto";
+  std::string model_dir, shape, dtype = "bf16", streams = "1,2,4,8", batch = "1", kernels = "auto", compute;
   std::vector<std::string> adapters;
   int64_t prompt_len = 512, decode_steps = 16, prefill_rows = 4096, repeat = 1;
   int threads = 0;
@@ -82,6 +82,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
   app.add_option("--repeat", o->repeat,
                  "measure each (P, B) this many times (fresh session each): best prefill, decode min and median over all steps")
       ->check(CLI::PositiveNumber);
+  cli::add_compute_option(app, o->compute);
   app.add_option("--kernels", o->kernels, "kernel path: auto, scalar, avx2, avx512")
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}));
   app.add_option("--seed", o->seed, "seed of the random weights and prompts");
@@ -100,6 +101,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
   return [o]() -> int {
     if (o->model_dir.empty() == o->shape.empty()) throw Error("bench: give exactly one of --model DIR or --shape NAME");
     const int threads = set_num_threads(o->threads);
+    cli::apply_compute_option(o->compute);
     if (o->kernels != "auto") kernels::set_kernel_path(kernels::parse_kernel_path(o->kernels.c_str()));
     const auto batches = parse_list(o->batch, "--batch");
     std::vector<int64_t> streams = parse_list(o->streams, "--streams");
@@ -107,7 +109,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
     // Machine probes (before any weights exist, so they measure memory, not caches).
     const double bw_gbs = kernels::probe_read_bandwidth(size_t{1} << 30, 1.0);
     const double fma_gflops = kernels::probe_fma_gflops(1.0);
-    const bool fast = kernels::active_compute_mode() == kernels::ComputeMode::Fast;
+    const bool fast = kernels::active_compute_mode() != kernels::ComputeMode::Exact;
     const double bf16_gflops = fast ? kernels::probe_bf16dot_gflops(1.0) : 0.0;
     const char* path = kernels::kernel_path_name(kernels::active_kernel_path());
     if (!o->json) {
@@ -126,6 +128,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       mo.adapters = o->adapters;
       mo.dtype = o->dtype;
       mo.threads = o->threads;
+      mo.compute = o->compute;
       backbone = mo.load();
       streams = {backbone.config.streams()};
       source = o->model_dir;

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "kernels/kernels.h"
 
 namespace parscale::cli {
 
@@ -19,12 +20,25 @@ void ModelOptions::add_to(CLI::App& app, bool model_required) {
   app.add_option("--threads", threads, "worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--kv-dtype", kv_dtype, "KV cache dtype: f32 (exact), bf16, f16 (half the memory)")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  add_compute_option(app, compute);
+}
+
+void add_compute_option(CLI::App& app, std::string& compute) {
+  app.add_option("--compute", compute,
+                 "matmul arithmetic: exact (fp32 activations), fast (bf16 activations and dot products for bf16/q8 "
+                 "weights on CPUs with AVX512-BF16), auto (fast for q8 only; the default, or PARSCALE_COMPUTE)")
+      ->check(CLI::IsMember({"exact", "fast", "auto"}));
+}
+
+void apply_compute_option(const std::string& compute) {
+  if (!compute.empty()) kernels::set_compute_mode(kernels::parse_compute_mode(compute.c_str()));
 }
 
 DType ModelOptions::kv() const { return kv_dtype == "bf16" ? DType::BF16 : kv_dtype == "f16" ? DType::F16 : DType::F32; }
 
 ModelWeights ModelOptions::load() const {
   set_num_threads(threads);
+  apply_compute_option(compute);
   LoadOptions lo;
   lo.adapter_files = adapters;
   if (dtype != "auto") {

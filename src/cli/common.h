@@ -17,13 +17,19 @@ struct ModelOptions {
   std::string dtype = "auto";  // auto (as stored), f32, bf16, f16, q8
   int threads = 0;             // 0 = all cores
   std::string kv_dtype = "f32";  // KV cache: f32, bf16, f16
-  // Adds --model (required unless `model_required` is false), --adapter, --dtype, --threads.
+  std::string compute;           // exact, fast, auto; empty: PARSCALE_COMPUTE or auto
+  // Adds --model (required unless `model_required` is false), --adapter, --dtype, --threads,
+  // --kv-dtype, --compute.
   void add_to(CLI::App& app, bool model_required = true);
-  // Applies --threads and loads the model; prints unknown-tensor warnings to stderr.
+  // Applies --threads and --compute and loads the model; prints unknown-tensor warnings to stderr.
   ModelWeights load() const;
   // --kv-dtype as a DType.
   DType kv() const;
 };
+
+// --compute: the kernels' compute mode (kernels::ComputeMode) for the whole process.
+void add_compute_option(CLI::App& app, std::string& compute);
+void apply_compute_option(const std::string& compute);
 
 // --temperature, --top-k, --top-p, --min-p, --repetition-penalty, --seed (defaults from `p`).
 void add_sampling_options(CLI::App& app, SamplingParams& p);

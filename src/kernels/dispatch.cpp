@@ -69,7 +69,7 @@ bool cpu_has(KernelPath p) {
 }
 
 std::atomic<const KernelTable*> g_active{nullptr};
-std::atomic<bool> g_fast{false};
+std::atomic<ComputeMode> g_mode{ComputeMode::Auto};
 std::once_flag g_init;
 
 void init_from_environment() {
@@ -83,7 +83,7 @@ void init_from_environment() {
                     kernel_path_name(p) + " path");
     }
     const char* mode = std::getenv("PARSCALE_COMPUTE");
-    if (mode && *mode) g_fast.store(parse_compute_mode(mode) == ComputeMode::Fast);
+    if (mode && *mode) g_mode.store(parse_compute_mode(mode));
     const KernelTable* expected = nullptr;
     g_active.compare_exchange_strong(expected, table_for(p));
   });
@@ -100,12 +100,14 @@ bool cpu_has_bf16dot() {
 
 }  // namespace
 
-// Fast mode, the AVX-512 path active and BF16 weights, or q8 weights whose scale blocks are a
-// multiple of 16 values: the bf16 dot-product kernels.
+// The AVX-512 path active and, in fast mode, BF16 weights or q8 weights whose scale blocks are a
+// multiple of 16 values; in auto mode only such q8 weights: the bf16 dot-product kernels.
 bool use_bf16dot(const WeightView& W) {
-  if (W.dtype != DType::BF16 && !(W.dtype == DType::I8 && W.block > 0 && W.block % 16 == 0)) return false;
+  const bool q8 = W.dtype == DType::I8 && W.block > 0 && W.block % 16 == 0;
+  if (W.dtype != DType::BF16 && !q8) return false;
   const KernelPath path = active().path;  // (reads the environment on the first call)
-  if (!g_fast.load(std::memory_order_relaxed)) return false;
+  const ComputeMode mode = g_mode.load(std::memory_order_relaxed);
+  if (mode == ComputeMode::Exact || (mode == ComputeMode::Auto && !q8)) return false;
   static const bool ok = bf16dot_compiled() && cpu_has_bf16dot();
   return ok && path == KernelPath::AVX512;
 }
@@ -263,23 +265,26 @@ void set_kernel_path(KernelPath p) {
   detail::g_active.store(detail::table_for(p), std::memory_order_release);
 }
 
-const char* compute_mode_name(ComputeMode m) { return m == ComputeMode::Fast ? "fast" : "exact"; }
+const char* compute_mode_name(ComputeMode m) {
+  return m == ComputeMode::Fast ? "fast" : m == ComputeMode::Auto ? "auto" : "exact";
+}
 
 ComputeMode parse_compute_mode(const char* name) {
   const std::string s = name ? name : "";
   if (s == "exact") return ComputeMode::Exact;
   if (s == "fast") return ComputeMode::Fast;
-  throw Error("compute mode \"" + s + "\" is not one of exact, fast");
+  if (s == "auto") return ComputeMode::Auto;
+  throw Error("compute mode \"" + s + "\" is not one of exact, fast, auto");
 }
 
 ComputeMode active_compute_mode() {
   detail::init_from_environment();
-  return detail::g_fast.load() ? ComputeMode::Fast : ComputeMode::Exact;
+  return detail::g_mode.load();
 }
 
 void set_compute_mode(ComputeMode m) {
   detail::init_from_environment();
-  detail::g_fast.store(m == ComputeMode::Fast);
+  detail::g_mode.store(m);
 }
 
 bool fast_bf16_supported() { return detail::bf16dot_compiled() && detail::cpu_has_bf16dot(); }

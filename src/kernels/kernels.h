@@ -27,24 +27,29 @@ KernelPath active_kernel_path();
 void set_kernel_path(KernelPath p);
 
 // ---- compute modes ----------------------------------------------------------------------------
-// Exact (the default): fp32 activations and fp32 FMAs on every path (what the golden tests check).
+// Exact: fp32 activations and fp32 FMAs on every path (what the golden tests check).
 // Fast: for BF16 weights on the AVX-512 path of a CPU with AVX512-BF16, matmul, matmul_add,
 // matmul_multi and gate_up_swiglu round the activations to bf16 (nearest even) and use bf16 dot
 // products with fp32 accumulation (reference: matmul_bf16_ref); q8 weights whose scale block is a
 // multiple of 16 values take the same kernels with each weight dequantized to
 // bf16(float(q) * scale) (reference: matmul_q8bf16_ref); everything else, and every other path or
-// dtype, computes as in exact mode. Both modes are batch invariant: an output row does not
-// depend on the number of rows M or on the other rows. The environment variable
-// PARSCALE_COMPUTE=exact|fast (read once, at the first kernel call) or set_compute_mode() picks it.
-enum class ComputeMode { Exact, Fast };
+// dtype, computes as in exact mode.
+// Auto (the default): fast for q8 weights, exact for every other dtype. (q8 is already a trade of
+// accuracy for speed; the fast kernels add +0.014 % perplexity on the demo model and run prefill
+// ~1.9x faster; BF16/F16/F32 stay exact by default: docs/PERFORMANCE.md "Compute modes".)
+// All modes are batch invariant: an output row does not depend on the number of rows M or on the
+// other rows. The environment variable PARSCALE_COMPUTE=exact|fast|auto (read once, at the first
+// kernel call) or set_compute_mode() picks it.
+enum class ComputeMode { Exact, Fast, Auto };
 const char* compute_mode_name(ComputeMode m);
-// Parses "exact", "fast" (throws parscale::Error otherwise).
+// Parses "exact", "fast", "auto" (throws parscale::Error otherwise).
 ComputeMode parse_compute_mode(const char* name);
 ComputeMode active_compute_mode();
 void set_compute_mode(ComputeMode m);
 // Whether this binary and CPU have the bf16 dot-product kernels the fast mode uses.
 bool fast_bf16_supported();
-// Whether matmuls with W run on those kernels now (fast mode, AVX-512 path, BF16 or q8 W).
+// Whether matmuls with W run on those kernels now (fast mode: BF16 or q8 W; auto: q8 W; AVX-512
+// path only).
 bool uses_bf16dot(const WeightView& W);
 
 // ---- machine probes (for roofline figures; run on the active path, all pool threads) ---------
