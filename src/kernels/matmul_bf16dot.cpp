@@ -106,7 +106,7 @@ void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb
 // y[m * ldy + j] += hsum for j < nr. w[j] points at weight row j (rows past nr repeat a valid row).
 // pf: prefetch distance in bf16 elements (0: none); decode streams the weights from DRAM once, so
 // each row's line pf elements ahead (the same columns NR rows further down) is requested early.
-// wk0: w[j][k - wk0] holds column k (0 for weights read in place; k0 for a packed chunk).
+// wk0: w[j][k - wk0] holds column k (0 for weights as stored; k0 for a dequantized chunk).
 template <int MRr>
 void micro(const uint16_t* xb, int64_t ldx, const uint16_t* const* w, int64_t wk0, int64_t k0, int64_t kend, int64_t K,
            float* accbuf, int64_t lda, bool first, bool last, float* y, int64_t ldy, int64_t nr, int64_t pf) {
@@ -298,11 +298,9 @@ void micro_q8_rows(int mr, const uint16_t* xb, int64_t ldx, const WeightView& W,
 
 // y[M, N] += xb[M, Kp] · W[N, K]^T (xb: bf16 rows zero padded to Kp). Threads take tiles of NB
 // weight rows; the tile's K chunk stays in L1 while every block of MB x rows passes over it.
-// BF16 decode (M <= kDecodeRows): the whole K in one chunk, weights read in place and prefetched
-// NR rows ahead. Otherwise chunks of KC columns, each copied (BF16) or dequantized (q8) into a
-// per-thread packed buffer (16 rows x KC) first: 8-13 % faster than strided rows at M = 512.
-// (Neither the chunking nor the loop order changes arithmetic: each output's partial sums carry
-// over in k order, so results are the same bits for every M.)
+// BF16 decode (M <= kDecodeRows): the whole K in one chunk, weights prefetched NR rows ahead. q8:
+// chunks of KC for every M, each dequantized into a per-thread bf16 buffer before use. (The
+// chunking changes no arithmetic: the partial sums carry over, so results are the same.)
 constexpr int64_t kDecodeRows = 32;
 void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
   const int64_t N = Wt.rows, K = Wt.cols;
@@ -329,7 +327,7 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
   }
   parallel_for(n_tiles, 1, [&](int64_t tb, int64_t te, int) {
     alignas(64) float accbuf[MB * NB * kLanes];
-    alignas(64) uint16_t wbuf[NB * KC];  // the packed (BF16) or dequantized (q8) weight chunk
+    alignas(64) uint16_t wbuf[NB * KC];  // q8 only: the dequantized weight chunk
     for (int64_t t = tb; t < te; ++t) {
       const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
       for (int64_t m0 = 0; m0 < M; m0 += MB) {
@@ -337,36 +335,19 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
         for (int64_t k0 = 0; k0 < Kp; k0 += kchunk) {
           const int64_t kend = std::min(Kp, k0 + kchunk);
           const bool first = k0 == 0, last = kend >= Kp;
-          if (q8) {
-            dequant_q8_chunk(Wt, n0, nr, k0, kend, wbuf);
-          } else if (!decode) {  // prefill: the chunk packed (16 rows x 1024 contiguous, zero padded)
-            // The same columns of the next tile's rows are prefetched into L2 meanwhile (as the q8
-            // dequantization does), so the next tile's copy does not wait on DRAM.
-            const int64_t valid = std::max<int64_t>(0, std::min(kend, K) - k0);
-            for (int64_t r = 0; r < nr; ++r) {
-              const char* ahead = reinterpret_cast<const char*>(wdata + prefetch_row(n0 + r, NB, N) * K + k0);
-              for (int64_t b = 0; b < valid * 2; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T1);
-              std::memcpy(wbuf + r * KC, wdata + (n0 + r) * K + k0, static_cast<size_t>(valid) * sizeof(uint16_t));
-              std::memset(wbuf + r * KC + valid, 0, static_cast<size_t>(kend - k0 - valid) * sizeof(uint16_t));
-            }
-          }
-          auto call = [&](int64_t j, int64_t m) {
+          if (q8) dequant_q8_chunk(Wt, n0, nr, k0, kend, wbuf);
+          for (int64_t j = 0; j < nr; j += NR) {
             const int64_t nrj = std::min<int64_t>(NR, nr - j);
             const uint16_t* w[NR];
             for (int jj = 0; jj < NR; ++jj) {
               const int64_t r = j + std::min<int64_t>(jj, nrj - 1);
-              w[jj] = decode ? wdata + (n0 + r) * K : wbuf + r * KC;
+              w[jj] = q8 ? wbuf + r * KC : wdata + (n0 + r) * K;
             }
-            const int mr = static_cast<int>(std::min<int64_t>(MR, m0 + mb - m));
-            micro_rows(mr, xb + m * Kp, Kp, w, decode ? 0 : k0, k0, kend, K, accbuf + (m - m0) * lda + j * kLanes, lda,
-                       first, last, y + m * N + n0 + j, N, nrj, pf);
-          };
-          if (decode) {  // each weight row group once from DRAM, then from L1 for the next x rows
-            for (int64_t j = 0; j < nr; j += NR)
-              for (int64_t m = m0; m < m0 + mb; m += MR) call(j, m);
-          } else {  // MR x rows stay in L1 while the packed chunk's row groups pass
-            for (int64_t m = m0; m < m0 + mb; m += MR)
-              for (int64_t j = 0; j < nr; j += NR) call(j, m);
+            for (int64_t m = m0; m < m0 + mb; m += MR) {
+              const int mr = static_cast<int>(std::min<int64_t>(MR, m0 + mb - m));
+              micro_rows(mr, xb + m * Kp, Kp, w, q8 ? k0 : 0, k0, kend, K, accbuf + (m - m0) * lda + j * kLanes, lda,
+                         first, last, y + m * N + n0 + j, N, nrj, pf);
+            }
           }
         }
       }
