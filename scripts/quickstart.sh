@@ -8,7 +8,9 @@ scripts/install-deps.sh
 scripts/build.sh build
 MODEL=${PARSCALE_DEMO_MODEL:-models/demo}
 ADAPTER=${PARSCALE_DEMO_ADAPTER:-models/demo/adapter-p4.safetensors}
-PROMPT=${PARSCALE_DEMO_PROMPT:-def fibonacci(n):}
+# The prompt ends with a newline, as a line of source does (a model of source code continues a
+# `def` line on the next line; ending a prompt mid-line or in spaces makes it invent odd tokens).
+PROMPT=${PARSCALE_DEMO_PROMPT:-$'def fibonacci(n):\n'}
 echo "== parscale generate --model $MODEL --adapter $ADAPTER (P = 4 streams)"
 build/parscale generate --model "$MODEL" --adapter "$ADAPTER" --prompt "$PROMPT" \
     --max-tokens 80 --temperature 0.7 --top-k 40 --seed 1 --stats

@@ -128,7 +128,7 @@ TEST(DemoModel, GeneratesValidText) {
   for (int p : {1, 4}) {
     std::string out, err;
     ASSERT_EQ(test::run_command(bin() + " generate --model " + demo().string() + adapter_arg(p) +
-                                    " --prompt 'def fibonacci(n):' --max-tokens 40 --temperature 0 --ignore-eos --json",
+                                    " --prompt 'def fibonacci(n):\n' --max-tokens 40 --temperature 0 --ignore-eos --json",
                                 &out, &err),
               0)
         << "P = " << p << ": " << err;
@@ -149,12 +149,14 @@ TEST(DemoModel, GeneratesValidText) {
                 return a;
               }(), &dec, &err), 0) << err;
     EXPECT_EQ(dec, text);
-    // A model of Python source continues a `def` line with Python: some keyword or `self` appears
-    // (a random model of this vocabulary almost never emits one in 40 tokens).
+    // A model of Python source continues a `def` line (and its newline) with Python: an indented
+    // body, and a docstring, a keyword or `self` in it (a random model of this vocabulary almost
+    // never starts with four spaces and emits one of these in 40 tokens).
     bool pythonic = false;
-    for (const char* kw : {"return", "if ", "self", "def ", "import", "None", "for ", "raise"})
+    for (const char* kw : {"\"\"\"", "return", "if ", "self", "def ", "import", "None", "for ", "raise"})
       pythonic = pythonic || text.find(kw) != std::string::npos;
     EXPECT_TRUE(pythonic) << "P = " << p << ": " << text;
+    EXPECT_EQ(text.rfind("    ", 0), 0u) << "P = " << p << ": the body is not indented: " << text;
     ids_of_p.push_back(ids);
   }
   // The P = 4 adapter changes the predictions (its streams and aggregation are applied).
