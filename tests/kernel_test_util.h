@@ -1,5 +1,7 @@
 // Helpers shared by the kernel tests: the kernel paths this CPU runs, seeded normal vectors.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <random>
 #include <vector>
 
@@ -23,5 +25,24 @@ inline std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
   for (auto& x : v) x = d(g);
   return v;
 }
+
+// A fixture for tests of the exact kernels: runs in exact mode (the default, auto, would send q8
+// weights to the fast kernels) and restores the kernel path and compute mode afterwards.
+class ExactKernelsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    saved_path_ = kernels::active_kernel_path();
+    saved_mode_ = kernels::active_compute_mode();
+    kernels::set_compute_mode(kernels::ComputeMode::Exact);
+  }
+  void TearDown() override {
+    kernels::set_kernel_path(saved_path_);
+    kernels::set_compute_mode(saved_mode_);
+  }
+
+ private:
+  kernels::KernelPath saved_path_ = kernels::KernelPath::Scalar;
+  kernels::ComputeMode saved_mode_ = kernels::ComputeMode::Auto;
+};
 
 }  // namespace parscale::test

@@ -22,22 +22,7 @@ namespace {
 using test::randn;
 using test::supported_paths;
 
-class BatchInvariance : public ::testing::Test {
- protected:
-  // Exact mode explicitly (the default, auto, runs q8 on the fast kernels, whose batch
-  // invariance test_kernels_fast.cpp checks).
-  void SetUp() override {
-    saved_ = active_kernel_path();
-    saved_mode_ = active_compute_mode();
-    set_compute_mode(ComputeMode::Exact);
-  }
-  void TearDown() override {
-    set_kernel_path(saved_);
-    set_compute_mode(saved_mode_);
-  }
-  KernelPath saved_ = KernelPath::Scalar;
-  ComputeMode saved_mode_ = ComputeMode::Auto;
-};
+class BatchInvariance : public test::ExactKernelsTest {};
 
 struct TestWeight {
   std::vector<uint8_t> bytes;

@@ -22,22 +22,7 @@ using test::randn;
 using test::supported_paths;
 
 // Restores the active path after each test.
-class KernelPaths : public ::testing::Test {
- protected:
-  // These test the exact kernels (fp32 activations) on every path, q8 included: exact mode
-  // explicitly (the default, auto, runs q8 on the fast kernels: test_kernels_fast.cpp).
-  void SetUp() override {
-    saved_ = active_kernel_path();
-    saved_mode_ = active_compute_mode();
-    set_compute_mode(ComputeMode::Exact);
-  }
-  void TearDown() override {
-    set_kernel_path(saved_);
-    set_compute_mode(saved_mode_);
-  }
-  KernelPath saved_ = KernelPath::Scalar;
-  ComputeMode saved_mode_ = ComputeMode::Auto;
-};
+class KernelPaths : public test::ExactKernelsTest {};
 
 // A weight matrix in `dtype` (I8: per-block symmetric quantisation with fp32 scales).
 struct TestWeight {

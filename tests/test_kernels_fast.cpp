@@ -94,6 +94,39 @@ void expect_fast_close(const std::vector<float>& got, const std::vector<float>& 
 
 bool same_bits(const float* a, const float* b, int64_t n) { return std::memcmp(a, b, static_cast<size_t>(n) * 4) == 0; }
 
+// matmul_multi (a with bias, b) and gate_up_swiglu (g, u), and matmul of a, over the first M of
+// kMaxM rows of x [kMaxM, K] for every M in `ms`, each compared bit for bit with the same rows
+// computed one at a time; returns those one-row outputs (for the reference checks).
+struct RowOutputs {
+  std::vector<float> ya, yb, sw;
+};
+RowOutputs expect_rows_do_not_depend_on_m(const std::vector<float>& x, int64_t K, int64_t kMaxM, const WeightView& a,
+                                          const WeightView& b, const WeightView& g, const WeightView& u,
+                                          const std::vector<float>& bias, std::initializer_list<int64_t> ms) {
+  const int64_t Na = a.rows, Nb = b.rows, I = g.rows;
+  RowOutputs one{std::vector<float>(static_cast<size_t>(kMaxM * Na)), std::vector<float>(static_cast<size_t>(kMaxM * Nb)),
+                 std::vector<float>(static_cast<size_t>(kMaxM * I))};
+  std::vector<float> gs(one.sw.size()), us(one.sw.size());
+  for (int64_t r = 0; r < kMaxM; ++r) {
+    const MatmulOut outs[2] = {{&a, bias.data(), one.ya.data() + r * Na}, {&b, nullptr, one.yb.data() + r * Nb}};
+    matmul_multi(x.data() + r * K, 1, outs, 2);
+    gate_up_swiglu(x.data() + r * K, 1, g, u, gs.data(), us.data(), one.sw.data() + r * I);
+  }
+  for (int64_t M : ms) {
+    std::vector<float> ya(static_cast<size_t>(M * Na)), yb(static_cast<size_t>(M * Nb)), sw(static_cast<size_t>(M * I));
+    const MatmulOut outs[2] = {{&a, bias.data(), ya.data()}, {&b, nullptr, yb.data()}};
+    matmul_multi(x.data(), M, outs, 2);
+    EXPECT_TRUE(same_bits(ya.data(), one.ya.data(), M * Na)) << "multi[0] M=" << M;
+    EXPECT_TRUE(same_bits(yb.data(), one.yb.data(), M * Nb)) << "multi[1] M=" << M;
+    gate_up_swiglu(x.data(), M, g, u, gs.data(), us.data(), sw.data());
+    EXPECT_TRUE(same_bits(sw.data(), one.sw.data(), M * I)) << "gate_up_swiglu M=" << M;
+    std::vector<float> y(static_cast<size_t>(M * Na));
+    matmul(x.data(), M, a, bias.data(), y.data());
+    EXPECT_TRUE(same_bits(y.data(), one.ya.data(), M * Na)) << "matmul M=" << M;
+  }
+  return one;
+}
+
 TEST(ComputeModeNames, ParseAndNames) {
   EXPECT_EQ(parse_compute_mode("exact"), ComputeMode::Exact);
   EXPECT_EQ(parse_compute_mode("fast"), ComputeMode::Fast);
@@ -143,25 +176,8 @@ TEST_F(FastMode, MultiAndGateUpSwigluMatchReferencesAndRowsDoNotDependOnM) {
   Bf16Weight a(50, K, 31u), b(9, K, 32u), g(I, K, 33u), u(I, K, 34u);
   const auto x = randn(static_cast<size_t>(kMaxM * K), 35u);
   const auto bias = randn(50, 36u);
-  std::vector<float> ya1(static_cast<size_t>(kMaxM * 50)), yb1(static_cast<size_t>(kMaxM * 9)), sw1(static_cast<size_t>(kMaxM * I));
-  std::vector<float> gs(sw1.size()), us(sw1.size());
-  for (int64_t r = 0; r < kMaxM; ++r) {
-    const MatmulOut outs[2] = {{&a.view, bias.data(), ya1.data() + r * 50}, {&b.view, nullptr, yb1.data() + r * 9}};
-    matmul_multi(x.data() + r * K, 1, outs, 2);
-    gate_up_swiglu(x.data() + r * K, 1, g.view, u.view, gs.data(), us.data(), sw1.data() + r * I);
-  }
-  for (int64_t M : {1, 2, 7, 31, 32, 33, 100}) {
-    std::vector<float> ya(static_cast<size_t>(M * 50)), yb(static_cast<size_t>(M * 9)), sw(static_cast<size_t>(M * I));
-    const MatmulOut outs[2] = {{&a.view, bias.data(), ya.data()}, {&b.view, nullptr, yb.data()}};
-    matmul_multi(x.data(), M, outs, 2);
-    ASSERT_TRUE(same_bits(ya.data(), ya1.data(), M * 50)) << "multi[0] M=" << M;
-    ASSERT_TRUE(same_bits(yb.data(), yb1.data(), M * 9)) << "multi[1] M=" << M;
-    gate_up_swiglu(x.data(), M, g.view, u.view, gs.data(), us.data(), sw.data());
-    ASSERT_TRUE(same_bits(sw.data(), sw1.data(), M * I)) << "gate_up_swiglu M=" << M;
-    std::vector<float> y(static_cast<size_t>(M * 50));
-    matmul(x.data(), M, a.view, bias.data(), y.data());
-    ASSERT_TRUE(same_bits(y.data(), ya1.data(), M * 50)) << "matmul M=" << M;
-  }
+  const RowOutputs one = expect_rows_do_not_depend_on_m(x, K, kMaxM, a.view, b.view, g.view, u.view, bias, {1, 2, 7, 31, 32, 33, 100});
+  const std::vector<float>&ya1 = one.ya, &sw1 = one.sw;
   // Against the references.
   std::vector<float> wa(ya1.size()), wg(sw1.size()), wu(sw1.size());
   matmul_bf16_ref(x.data(), kMaxM, a.view, bias.data(), wa.data());
@@ -223,22 +239,9 @@ TEST_F(FastMode, Q8MultiAndGateUpSwigluRowsDoNotDependOnM) {
   Bf16Weight b(9, K, 52u);  // a BF16 output beside q8 ones in one matmul_multi
   const auto x = randn(static_cast<size_t>(kMaxM * K), 55u);
   const auto bias = randn(50, 56u);
-  std::vector<float> ya1(static_cast<size_t>(kMaxM * 50)), yb1(static_cast<size_t>(kMaxM * 9)), sw1(static_cast<size_t>(kMaxM * I));
-  std::vector<float> gs(sw1.size()), us(sw1.size());
-  for (int64_t r = 0; r < kMaxM; ++r) {
-    const MatmulOut outs[2] = {{&a.view, bias.data(), ya1.data() + r * 50}, {&b.view, nullptr, yb1.data() + r * 9}};
-    matmul_multi(x.data() + r * K, 1, outs, 2);
-    gate_up_swiglu(x.data() + r * K, 1, g.view, u.view, gs.data(), us.data(), sw1.data() + r * I);
-  }
-  for (int64_t M : {1, 2, 7, 32, 33, 97, 100}) {
-    std::vector<float> ya(static_cast<size_t>(M * 50)), yb(static_cast<size_t>(M * 9)), sw(static_cast<size_t>(M * I));
-    const MatmulOut outs[2] = {{&a.view, bias.data(), ya.data()}, {&b.view, nullptr, yb.data()}};
-    matmul_multi(x.data(), M, outs, 2);
-    ASSERT_TRUE(same_bits(ya.data(), ya1.data(), M * 50)) << "multi[0] M=" << M;
-    ASSERT_TRUE(same_bits(yb.data(), yb1.data(), M * 9)) << "multi[1] M=" << M;
-    gate_up_swiglu(x.data(), M, g.view, u.view, gs.data(), us.data(), sw.data());
-    ASSERT_TRUE(same_bits(sw.data(), sw1.data(), M * I)) << "gate_up_swiglu M=" << M;
-  }
+  // M = 1-8: the register-dequantizing decode kernels; above: the buffered chunks.
+  const RowOutputs one = expect_rows_do_not_depend_on_m(x, K, kMaxM, a.view, b.view, g.view, u.view, bias, {1, 2, 5, 7, 8, 9, 32, 33, 97, 100});
+  const std::vector<float>&ya1 = one.ya, &sw1 = one.sw;
   std::vector<float> wa(ya1.size()), wg(sw1.size()), wu(sw1.size());
   matmul_q8bf16_ref(x.data(), kMaxM, a.view, bias.data(), wa.data());
   const auto ab = a.dequantized_bf16();
