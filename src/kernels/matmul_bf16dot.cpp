@@ -1,9 +1,10 @@
 // The fast compute mode's matmul for BF16 and q8 weights: activations rounded to bf16 (round to
 // nearest even) and AVX512-BF16 dot products (vdpbf16ps: two bf16 products summed into each fp32
 // lane). BF16 weights are used as stored; q8 weights (I8 values, one fp32 scale per block of
-// W.block values along K, W.block a multiple of 16) are dequantized per tile into a bf16 buffer,
-// w = bf16(float(q) * scale), one weight chunk (16 rows x 1024 columns, 32 KB) at a time, and that
-// buffer feeds the same microkernel. Used for every M (decode and prefill), so the fast mode is
+// W.block values along K, W.block a multiple of 16) become w = bf16(float(q) * scale): for M > 8
+// one weight chunk (16 rows x 1024 columns, 32 KB) at a time into a per-thread buffer that feeds
+// the same microkernel, for M <= 8 in registers inside a decode microkernel (micro_q8), with the
+// same bits. Used for every M (decode and prefill), so the fast mode is
 // batch invariant too: each output is one chain per lane over the whole K (lane l sums the pairs
 // k = 2l, 2l + 1 + 32i), one horizontal sum, then y += it.
 //
@@ -299,8 +300,9 @@ void micro_q8_rows(int mr, const uint16_t* xb, int64_t ldx, const WeightView& W,
 // y[M, N] += xb[M, Kp] · W[N, K]^T (xb: bf16 rows zero padded to Kp). Threads take tiles of NB
 // weight rows; the tile's K chunk stays in L1 while every block of MB x rows passes over it.
 // BF16 decode (M <= kDecodeRows): the whole K in one chunk, weights prefetched NR rows ahead. q8:
-// chunks of KC for every M, each dequantized into a per-thread bf16 buffer before use. (The
-// chunking changes no arithmetic: the partial sums carry over, so results are the same.)
+// M <= 2 MR through micro_q8 (registers); otherwise chunks of KC, each dequantized into a
+// per-thread bf16 buffer before use. (The chunking changes no arithmetic: the partial sums carry
+// over, so results are the same.)
 constexpr int64_t kDecodeRows = 32;
 void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
   const int64_t N = Wt.rows, K = Wt.cols;
