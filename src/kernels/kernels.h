@@ -35,8 +35,9 @@ void set_kernel_path(KernelPath p);
 // bf16(float(q) * scale) (reference: matmul_q8bf16_ref); everything else, and every other path or
 // dtype, computes as in exact mode.
 // Auto (the default): fast for q8 weights, exact for every other dtype. (q8 is already a trade of
-// accuracy for speed; the fast kernels add +0.014 % perplexity on the demo model and run prefill
-// ~1.9x faster; BF16/F16/F32 stay exact by default: docs/PERFORMANCE.md "Compute modes".)
+// accuracy for speed; the fast kernels move the demo model's perplexity by 0.02 % or less and
+// run prefill ~1.8x faster; BF16/F16/F32 stay exact by default: docs/PERFORMANCE.md, "q8 in fast
+// mode".)
 // All modes are batch invariant: an output row does not depend on the number of rows M or on the
 // other rows. The environment variable PARSCALE_COMPUTE=exact|fast|auto (read once, at the first
 // kernel call) or set_compute_mode() picks it.
