@@ -2,9 +2,10 @@
 //                 [--batch 1,4] [--prompt-len 512] [--decode-steps 16] [--threads N] [--json]`
 // Measures, for each (P, B): prefill tokens/s, decode ms per step (min and median over the steps)
 // and tokens/s, peak resident memory, the roofline lower bound from this machine's streaming read
-// bandwidth and compute peak (probed once at start: the fp32 FMA rate, or in fast mode the bf16
-// dot-product rate for the weights that run on it), and the prefill's share of that peak. Random weights of a named shape are
-// generated in memory directly in the target dtype, ParScale prefixes and aggregation included.
+// bandwidth and compute peak (probed once at start: the fp32 FMA rate, or the bf16 dot-product
+// rate for weights that run on those kernels), and the prefill's share of that peak. Random
+// weights of a named shape are generated in memory directly in the target dtype, ParScale
+// prefixes and aggregation included.
 
 #include <algorithm>
 #include <chrono>
@@ -127,8 +128,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       mo.model_dir = o->model_dir;
       mo.adapters = o->adapters;
       mo.dtype = o->dtype;
-      mo.threads = o->threads;
-      mo.compute = o->compute;
+      mo.threads = o->threads;  // (--compute was applied above, before the probes)
       backbone = mo.load();
       streams = {backbone.config.streams()};
       source = o->model_dir;

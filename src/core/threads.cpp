@@ -258,8 +258,7 @@ class Pool {
   alignas(64) std::atomic<uint64_t> ticket_{0};  // blocks = 0: nothing to claim
   alignas(64) std::atomic<uint32_t> wake_{0};
   std::atomic<int> sleepers_{0};  // workers in (or about to enter) sleep_while_equal(wake_)
-  std::atomic<bool> stop_{false};
-  char pad_[64 - sizeof(std::atomic<uint32_t>) - sizeof(std::atomic<int>) - sizeof(std::atomic<bool>)];
+  std::atomic<bool> stop_{false};  // (the class is 64-byte aligned, so its size is padded to whole lines)
 };
 
 // The pool lives until the process ends (never destroyed at exit: a thread still inside a region

@@ -63,8 +63,9 @@ struct TrainResult {
 // the folded prefixes.
 TrainResult train(ParameterSet& params, Dataset& data, const TrainerOptions& options, const ProcessGroup& group);
 
-// Sets flush-to-zero and denormals-are-zero on the calling thread (x86; the thread pool runs every block with its caller's MXCSR): denormal
-// operands slow the FMA units ~100x, and tiny gradients/moments produce them. train() calls it.
+// Sets flush-to-zero and denormals-are-zero on the calling thread (x86; the thread pool runs
+// every block with its caller's MXCSR): denormal operands slow the FMA units ~100x, and tiny
+// gradients/moments produce them. train() calls it.
 void flush_denormals_to_zero();
 
 // Checkpoint file inside an output folder.
