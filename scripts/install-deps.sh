@@ -6,7 +6,7 @@ PKGS=(build-essential cmake ninja-build pkg-config
       nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
       libpcre2-dev libutf8proc-dev libnlopt-cxx-dev libnlopt-dev
       libopenmpi-dev openmpi-bin libcpp-httplib-dev gnuplot-nox
-      nodejs npm chromium)
+      nodejs npm chromium libdnnl-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

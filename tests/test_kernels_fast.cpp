@@ -1,7 +1,9 @@
 // The fast compute mode: BF16 weights through the bf16 dot-product kernels (AVX512-BF16) against
 // their scalar reference matmul_bf16_ref (bf16-rounded x, exact products, double sums); q8 weights
 // (dequantized to bf16 per tile) against matmul_q8bf16_ref; batch invariance in fast mode; other
-// dtypes and q8 blocks not a multiple of 16 unchanged by the mode; mode names and parsing.
+// dtypes and q8 blocks not a multiple of 16 unchanged by the mode; mode names and parsing; BF16
+// weights packed for oneDNN (kernels/packed.h) against the same reference, row invariance across M
+// and its row chunks, independence of the slice count, and a released plain copy.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +15,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "kernel_test_util.h"
 
 using namespace parscale;
@@ -315,6 +318,88 @@ TEST_F(FastMode, OtherDtypesAndPathsComputeAsInExactMode) {
       EXPECT_TRUE(same_bits(e.data(), fa.data(), M * N)) << kernel_path_name(p) << " " << dtype_name(w->dtype);
     }
   }
+}
+
+// A BF16 weight with its oneDNN packed copy attached (`slices` column slices; 0: one per thread).
+struct PackedBf16 : Bf16Weight {
+  std::shared_ptr<PackedWeight> packed;
+  PackedBf16(int64_t rows, int64_t cols, uint32_t seed, int slices = 0) : Bf16Weight(rows, cols, seed) {
+    packed = pack_bf16(view, slices);
+    view.packed = packed.get();
+  }
+};
+
+TEST_F(FastMode, PackedBf16MatmulMatchesItsReference) {
+  if (!packed_bf16_supported()) GTEST_SKIP() << "no oneDNN or no AVX512-BF16 here";
+  set_kernel_path(KernelPath::AVX512);
+  set_compute_mode(ComputeMode::Fast);
+  struct Shape { int64_t M, N, K; };
+  // K: odd, not a multiple of 32, past oneDNN's K blocks; N: under and past a 64-column slice
+  // boundary; M: within one chunk, across the 64-row and 256-row chunks.
+  const Shape shapes[] = {{1, 7, 5}, {1, 33, 100}, {3, 130, 520}, {8, 64, 1536}, {65, 45, 1030}, {300, 20, 96}, {70, 200, 2100}};
+  for (const Shape& s : shapes) {
+    PackedBf16 w(s.N, s.K, 3u + static_cast<uint32_t>(s.K));
+    ASSERT_NE(w.packed, nullptr);
+    EXPECT_GE(packed_bytes(*w.packed), s.N * s.K * 2);
+    const auto x = randn(static_cast<size_t>(s.M * s.K), 4u + static_cast<uint32_t>(s.N));
+    const auto bias = randn(static_cast<size_t>(s.N), 5u);
+    std::vector<float> want(static_cast<size_t>(s.M * s.N)), got(want.size());
+    matmul_bf16_ref(x.data(), s.M, w.view, bias.data(), want.data());
+    matmul(x.data(), s.M, w.view, bias.data(), got.data());
+    const std::string what = "packed M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K);
+    expect_fast_close(got, want, x, w.view, s.M, what);
+    expect_add_and_not_exact(x, s.M, w.view, w.view, bias, want, got, what);
+  }
+  // Only BF16 is packed.
+  const auto f = randn(64, 6u);
+  EXPECT_EQ(pack_bf16(WeightView{DType::F32, f.data(), 8, 8}), nullptr);
+}
+
+TEST_F(FastMode, PackedRowsDoNotDependOnMOrOnTheSliceCount) {
+  if (!packed_bf16_supported()) GTEST_SKIP() << "no oneDNN or no AVX512-BF16 here";
+  set_kernel_path(KernelPath::AVX512);
+  set_compute_mode(ComputeMode::Fast);
+  const int64_t K = 1100, I = 150, kMaxM = 300;
+  PackedBf16 a(200, K, 31u), b(9, K, 32u), g(I, K, 33u), u(I, K, 34u);
+  const auto x = randn(static_cast<size_t>(kMaxM * K), 35u);
+  const auto bias = randn(200, 36u);
+  // M = 1 .. 64 run as one chunk; 65, 130, 257, 300 as 64/128/256-row chunks and a remainder.
+  const RowOutputs one =
+      expect_rows_do_not_depend_on_m(x, K, kMaxM, a.view, b.view, g.view, u.view, bias, {1, 2, 7, 63, 64, 65, 130, 257, 300});
+  std::vector<float> wa(one.ya.size());
+  matmul_bf16_ref(x.data(), kMaxM, a.view, bias.data(), wa.data());
+  expect_fast_close(one.ya, wa, x, a.view, kMaxM, "packed multi[0]");
+  // The same matrix cut into 1, 2, 3 or 4 column slices (one per thread by default): same bits.
+  const int64_t M = 70;
+  for (int slices : {1, 2, 3, 4}) {
+    PackedBf16 s(200, K, 31u, slices);
+    std::vector<float> y(static_cast<size_t>(M * 200));
+    matmul(x.data(), M, s.view, bias.data(), y.data());
+    EXPECT_TRUE(same_bits(y.data(), one.ya.data(), M * 200)) << slices << " slices";
+  }
+}
+
+TEST_F(FastMode, PackedWithoutItsPlainCopyRunsOnlyInFastMode) {
+  if (!packed_bf16_supported()) GTEST_SKIP() << "no oneDNN or no AVX512-BF16 here";
+  set_kernel_path(KernelPath::AVX512);
+  set_compute_mode(ComputeMode::Fast);
+  const int64_t M = 5, N = 70, K = 300;
+  PackedBf16 w(N, K, 51u);
+  const auto x = randn(static_cast<size_t>(M * K), 52u);
+  std::vector<float> with_plain(static_cast<size_t>(M * N)), without(with_plain.size());
+  matmul(x.data(), M, w.view, nullptr, with_plain.data());
+  WeightView released = w.view;
+  released.data = nullptr;  // as pack_fast_weights(..., release_sources = true) leaves it
+  matmul(x.data(), M, released, nullptr, without.data());
+  EXPECT_TRUE(same_bits(with_plain.data(), without.data(), M * N));
+  set_compute_mode(ComputeMode::Exact);
+  try {
+    matmul(x.data(), M, released, nullptr, without.data());
+    FAIL() << "exact mode ran a matrix without its plain copy";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("packed for the fast compute mode"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(matmul_add(x.data(), M, released, without.data()), Error);
 }
 
 }  // namespace

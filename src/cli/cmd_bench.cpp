@@ -137,7 +137,12 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       backbone = random_backbone(named_shape(o->shape), dt, o->seed);
       source = "random " + o->shape + " " + o->dtype;
     }
-    if (!o->json) std::printf("weights: %s, ready in %.1f s\n", source.c_str(), bench::now_seconds() - t_load);
+    if (!o->json) {
+      std::printf("weights: %s, ready in %.1f s", source.c_str(), bench::now_seconds() - t_load);
+      if (const int64_t packed = packed_weight_bytes(backbone.bb()))
+        std::printf(" (+ %.0f MiB packed for oneDNN)", static_cast<double>(packed) / (1 << 20));
+      std::printf("\n");
+    }
 
     if (!o->mix.empty()) {
       if (!o->model_dir.empty() && backbone.adapter) throw Error("bench --mix: give a P = 1 model (adapters are made per P)");

@@ -45,6 +45,7 @@ parscale::cli::RegisterCommand reg("convert", "write a model folder with its wei
     mo.model_dir = o->model_dir;
     mo.adapters = o->adapters;
     mo.threads = o->threads;
+    mo.run_only = false;  // the matrices are read and written out
     ModelWeights w = mo.load();
     const DType target = o->dtype == "q8" ? DType::I8 : o->dtype == "bf16" ? DType::BF16 : o->dtype == "f16" ? DType::F16 : DType::F32;
 

@@ -41,6 +41,7 @@ ModelWeights ModelOptions::load() const {
   apply_compute_option(compute);
   LoadOptions lo;
   lo.adapter_files = adapters;
+  lo.release_packed_sources = run_only;
   if (dtype != "auto") {
     lo.convert_matrices = true;
     lo.matrix_dtype = dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : dtype == "q8" ? DType::I8 : DType::F16;

@@ -6,6 +6,10 @@
 
 namespace parscale {
 
+// A kernel-private copy of a weight matrix in a layout a faster kernel reads (kernels/packed.h);
+// owned by whoever owns the weights.
+struct PackedWeight;
+
 // Matrix [rows, cols] (vectors: rows = 1), row-major, contiguous, in storage dtype `dtype`.
 // For DType::I8, value(r, k) = data[r*cols + k] * scales[r*(cols/block) + k/block].
 struct WeightView {
@@ -15,6 +19,9 @@ struct WeightView {
   int64_t cols = 0;
   const float* scales = nullptr;
   int64_t block = 0;
+  // Optional: the same matrix packed for the fast compute mode (null: none). `data` stays valid
+  // and is what every other mode reads.
+  const PackedWeight* packed = nullptr;
   const float* f32() const { return static_cast<const float*>(data); }
   bool empty() const { return data == nullptr; }
 };

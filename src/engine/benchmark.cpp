@@ -162,6 +162,7 @@ ModelWeights random_backbone(const ModelConfig& c, DType dtype, uint64_t seed) {
   for_each_tensor(w.config, [&](const TensorSpec& spec) { f.fill(spec, tensor_slot(*b, nullptr, spec)); });
   b->lm_head = b->embed_tokens;
   b->tied = true;
+  pack_fast_weights(*b, true);  // (bench only runs the model)
   w.backbone = b;
   return w;
 }

@@ -291,13 +291,26 @@ bool fast_bf16_supported() { return detail::bf16dot_compiled() && detail::cpu_ha
 
 bool uses_bf16dot(const WeightView& W) { return detail::use_bf16dot(W); }
 
+namespace {
+// A matrix whose plain copy was released after packing (model/weights.h, pack_fast_weights) can only
+// run on the fast mode's packed kernels.
+void require_plain(const WeightView& W) {
+  if (!W.data && W.packed)
+    throw Error("matmul: a " + std::to_string(W.rows) + " x " + std::to_string(W.cols) +
+                " matrix was packed for the fast compute mode without its plain copy; the " +
+                compute_mode_name(active_compute_mode()) + " mode cannot run it (set the compute mode before loading)");
+}
+}  // namespace
+
 void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
   if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, bias, y, false);
+  require_plain(W);
   detail::active().matmul(x, M, W, bias, y, false);
 }
 
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y) {
   if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, nullptr, y, true);
+  require_plain(W);
   detail::active().matmul(x, M, W, nullptr, y, true);
 }
 
@@ -306,11 +319,14 @@ void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
   bool bf16dot = count > 0;
   for (int i = 0; i < count; ++i) bf16dot = bf16dot && detail::use_bf16dot(*outs[i].W) && outs[i].W->cols == outs[0].W->cols;
   if (bf16dot) return detail::matmul_multi_bf16dot(x, M, outs, count);
+  for (int i = 0; i < count; ++i) require_plain(*outs[i].W);
   detail::active().matmul_multi(x, M, outs, count);
 }
 
 void gate_up_swiglu(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up, float* out) {
   if (detail::use_bf16dot(Wg) && detail::use_bf16dot(Wu)) return detail::gate_up_swiglu_bf16dot(x, M, Wg, Wu, gate, up, out);
+  require_plain(Wg);
+  require_plain(Wu);
   detail::active().gate_up_swiglu(x, M, Wg, Wu, gate, up, out);
 }
 

@@ -25,6 +25,7 @@
 
 #include "core/error.h"
 #include "kernels/dispatch.h"
+#include "kernels/packed.h"
 #include "kernels/prefetch.h"
 
 namespace parscale::kernels {
@@ -80,7 +81,8 @@ constexpr int64_t KC = 1024;      // K per chunk (NB rows x KC bf16 = 32 KB: L1)
 
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
-// xb[m, 0 .. Kp) = bf16(x[m, 0 .. K)), zero padded to Kp (a multiple of 32).
+// xb[m, 0 .. Kp) = bf16(x[m, 0 .. K)), zero padded to Kp (>= K: a multiple of 32 for our kernels,
+// K itself for packed weights).
 void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb) {
   parallel_for(M, grain_if(M * K > (int64_t{1} << 20), M), [&](int64_t mb, int64_t me, int) {
   for (int64_t m = mb; m < me; ++m) {
@@ -91,12 +93,13 @@ void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb
       const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + k + 16), _mm512_loadu_ps(s + k));
       _mm512_storeu_si512(d + k, (__m512i)v);
     }
-    if (k < Kp) {
-      const int64_t r = K - k;  // 0 < r < 32, or r == 0 only when K == Kp (then k == Kp)
+    for (; k < Kp; k += kStep) {  // the ragged end of K (r < 32 values, then zeros) and the padding
+      const int64_t r = std::max<int64_t>(0, K - k), n = std::min<int64_t>(kStep, Kp - k);
       const __mmask16 lo = static_cast<__mmask16>(r >= 16 ? 0xffff : (1u << r) - 1);
-      const __mmask16 hi = static_cast<__mmask16>(r <= 16 ? 0 : (1u << (r - 16)) - 1);
+      const __mmask16 hi = static_cast<__mmask16>(r <= 16 ? 0 : r >= 32 ? 0xffff : (1u << (r - 16)) - 1);
       const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, s + k + 16), _mm512_maskz_loadu_ps(lo, s + k));
-      _mm512_storeu_si512(d + k, (__m512i)v);
+      const __mmask32 store = n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << n) - 1);
+      _mm512_mask_storeu_epi16(d + k, store, (__m512i)v);
     }
   }
   });
@@ -305,6 +308,7 @@ void micro_q8_rows(int mr, const uint16_t* xb, int64_t ldx, const WeightView& W,
 // over, so results are the same.)
 constexpr int64_t kDecodeRows = 32;
 void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
+  if (Wt.packed) return matmul_packed(xb, M, *Wt.packed, y);  // oneDNN (packed.h; Kp == K)
   const int64_t N = Wt.rows, K = Wt.cols;
   const bool q8 = Wt.dtype == DType::I8;
   const bool decode = M <= kDecodeRows && !q8;
@@ -366,6 +370,10 @@ uint16_t* x_scratch(size_t n) {
 
 int64_t padded_k(int64_t K) { return (K + kStep - 1) / kStep * kStep; }
 
+// The row stride of the bf16 copy of x for W: K for packed weights (oneDNN runs its brgemm kernels
+// on dense rows only), K rounded up to 32 (zero padded) for ours.
+int64_t x_stride(const WeightView& W) { return W.packed ? W.cols : padded_k(W.cols); }
+
 void init_output(int64_t M, int64_t N, const float* bias, float* y) {
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) y[m * N + n] = bias ? bias[n] : 0.0f;
@@ -395,7 +403,7 @@ float bf16dot_chains(int64_t iters) {
 void matmul_bf16dot(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate) {
   if (W.rows == 0 || M == 0) return;
   if (!accumulate) init_output(M, W.rows, bias, y);
-  const int64_t Kp = padded_k(W.cols);
+  const int64_t Kp = x_stride(W);
   uint16_t* xb = x_scratch(static_cast<size_t>(M * Kp));
   to_bf16_rows(x, M, W.cols, Kp, xb);
   run(xb, M, Kp, W, y);
@@ -403,7 +411,13 @@ void matmul_bf16dot(const float* x, int64_t M, const WeightView& W, const float*
 
 void matmul_multi_bf16dot(const float* x, int64_t M, const MatmulOut* outs, int count) {
   if (M == 0 || count == 0) return;
-  const int64_t K = outs[0].W->cols, Kp = padded_k(K);
+  const int64_t K = outs[0].W->cols, Kp = x_stride(*outs[0].W);
+  bool one_stride = true;
+  for (int i = 1; i < count; ++i) one_stride = one_stride && x_stride(*outs[i].W) == Kp;
+  if (!one_stride) {  // packed and unpacked weights together: x converted for each
+    for (int i = 0; i < count; ++i) matmul_bf16dot(x, M, *outs[i].W, outs[i].bias, outs[i].y, false);
+    return;
+  }
   uint16_t* xb = x_scratch(static_cast<size_t>(M * Kp));
   to_bf16_rows(x, M, K, Kp, xb);
   for (int i = 0; i < count; ++i) {
@@ -415,13 +429,18 @@ void matmul_multi_bf16dot(const float* x, int64_t M, const MatmulOut* outs, int 
 void gate_up_swiglu_bf16dot(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
                             float* out) {
   if (M == 0) return;
-  const int64_t K = Wg.cols, Kp = padded_k(K);
-  uint16_t* xb = x_scratch(static_cast<size_t>(M * Kp));
-  to_bf16_rows(x, M, K, Kp, xb);
-  init_output(M, Wg.rows, nullptr, gate);
-  init_output(M, Wu.rows, nullptr, up);
-  run(xb, M, Kp, Wg, gate);
-  run(xb, M, Kp, Wu, up);
+  const int64_t K = Wg.cols, Kp = x_stride(Wg);
+  if (x_stride(Wu) != Kp) {
+    matmul_bf16dot(x, M, Wg, nullptr, gate, false);
+    matmul_bf16dot(x, M, Wu, nullptr, up, false);
+  } else {
+    uint16_t* xb = x_scratch(static_cast<size_t>(M * Kp));
+    to_bf16_rows(x, M, K, Kp, xb);
+    init_output(M, Wg.rows, nullptr, gate);
+    init_output(M, Wu.rows, nullptr, up);
+    run(xb, M, Kp, Wg, gate);
+    run(xb, M, Kp, Wu, up);
+  }
   swiglu(gate, up, out, M * Wg.rows);
 }
 

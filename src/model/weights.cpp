@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 
 namespace parscale {
 
@@ -93,8 +94,9 @@ WeightView convert_weight(const WeightView& src, DType target, int64_t block, We
 
 namespace {
 
-// Drops the file-backed pages of [p, p + n) from this process's resident set (read-only private
-// mappings: the data stays in the page cache and faults back in if read again).
+// Drops the pages of [p, p + n) from this process's resident set. Read-only private file mappings:
+// the data stays in the page cache and faults back in if read again. Anonymous memory (an arena):
+// the contents are gone, so callers must not read them again (pack_fast_weights nulls the view).
 void release_mapped(const void* p, size_t n) {
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
@@ -332,6 +334,7 @@ ModelWeights load_weights(const ModelConfig& config_in, std::shared_ptr<TensorSt
   }
   add_unknown(*store, L.used, w.unknown_tensors);
   if (adapter_store) add_unknown(*adapter_store, L.used, w.unknown_tensors);
+  pack_fast_weights(*backbone, options.release_packed_sources);
   w.backbone = backbone;
   w.adapter = adapter;
   return w;
@@ -373,6 +376,35 @@ const std::vector<float>* ParameterSet::find(const std::string& name) const {
 
 std::vector<float>* ParameterSet::find(const std::string& name) {
   return const_cast<std::vector<float>*>(static_cast<const ParameterSet*>(this)->find(name));
+}
+
+int64_t pack_fast_weights(Backbone& b, bool release_sources) {
+  int64_t bytes = 0;
+  auto pack = [&](WeightView& v) {
+    if (v.dtype != DType::BF16 || v.packed || !kernels::uses_bf16dot(v)) return;
+    std::shared_ptr<PackedWeight> p = kernels::pack_bf16(v);
+    if (!p) return;
+    bytes += kernels::packed_bytes(*p);
+    v.packed = p.get();
+    b.owned.push_back(std::move(p));
+    if (release_sources) {
+      release_mapped(v.data, static_cast<size_t>(v.rows * v.cols) * dtype_size(v.dtype));
+      v.data = nullptr;
+    }
+  };
+  for (auto& L : b.layers)
+    for (WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) pack(*v);
+  if (!b.tied) pack(b.lm_head);  // (a tied head stays on the embedding's rows: lookups read them)
+  return bytes;
+}
+
+int64_t packed_weight_bytes(const Backbone& b) {
+  int64_t bytes = 0;
+  for (const auto& L : b.layers)
+    for (const WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      if (v->packed) bytes += kernels::packed_bytes(*v->packed);
+  if (!b.tied && b.lm_head.packed) bytes += kernels::packed_bytes(*b.lm_head.packed);
+  return bytes;
 }
 
 ModelWeights weights_from_parameters(const ParameterSet& p) {

@@ -48,6 +48,10 @@ struct LoadOptions {
   int64_t q8_block = 32;
   // Optional adapter file(s) whose tensors replace/add ParScale parameters (prefixes, aggregate).
   std::vector<std::string> adapter_files;
+  // For processes that only run the model: matrices packed for the fast mode (pack_fast_weights)
+  // drop their plain copy, so the weights are resident once. Leave false to read the plain matrices
+  // later (convert, export, training).
+  bool release_packed_sources = false;
 };
 
 // Memory for weight matrices made at run time (load-time conversion, quantisation, random weights):
@@ -87,6 +91,16 @@ ModelWeights load_model(const std::string& dir, const LoadOptions& options = {})
 // Builds weights from an already-open store and config (validation as above). `source` names it.
 ModelWeights load_weights(const ModelConfig& config, std::shared_ptr<TensorStore> store,
                           const std::string& source, const LoadOptions& options = {});
+
+// For the fast compute mode: every BF16 matrix of the decoder layers (and an untied lm_head) whose
+// matmuls run on the fast kernels now gets a packed copy for oneDNN (kernels/packed.h), kept in
+// b.owned. With release_sources, each packed matrix's plain pages leave the resident set
+// (MADV_DONTNEED) and its view's `data` becomes null: only the fast mode can run it from then on
+// (the other kernels throw parscale::Error on it). Does nothing where packing is unsupported or
+// not in use. Returns the bytes packed.
+int64_t pack_fast_weights(Backbone& b, bool release_sources);
+// Bytes of the packed copies pack_fast_weights made for b.
+int64_t packed_weight_bytes(const Backbone& b);
 
 // Owned fp32 parameters laid out by model_tensor_specs(config), for training and for models
 // made in memory (init, random shapes). Views point into `values`.
