@@ -28,6 +28,7 @@ struct LongGolden {
 
 class LongContext : public ::testing::TestWithParam<std::string> {
  protected:
+  test::ExactModeScope exact;  // the fixtures hold exact-arithmetic references
   void SetUp() override {
     const auto dir = test::fixtures_dir() / "long_context" / GetParam();
     weights = load_model(dir.string());

@@ -56,6 +56,7 @@ double compare_rows(const std::vector<float>& got, const std::vector<std::vector
 
 class GoldenModel : public ::testing::TestWithParam<std::string> {
  protected:
+  test::ExactModeScope exact;  // the fixtures hold exact-arithmetic references
   void SetUp() override {
     dir = (test::fixtures_dir() / "models" / GetParam()).string();
     weights = load_model(dir);

@@ -12,7 +12,20 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernels.h"
+
 namespace parscale::test {
+
+// Exact compute mode for the lifetime of the object, then the mode before it. Golden comparisons
+// hold one (declared before the weights are loaded, so nothing is packed for the fast mode): the
+// default, auto, runs BF16 and q8 weights on bf16 dot products where the CPU has them.
+struct ExactModeScope {
+  kernels::ComputeMode saved = kernels::active_compute_mode();
+  ExactModeScope() { kernels::set_compute_mode(kernels::ComputeMode::Exact); }
+  ~ExactModeScope() { kernels::set_compute_mode(saved); }
+  ExactModeScope(const ExactModeScope&) = delete;
+  ExactModeScope& operator=(const ExactModeScope&) = delete;
+};
 
 inline std::filesystem::path source_dir() { return PARSCALE_SOURCE_DIR; }
 inline std::filesystem::path fixtures_dir() { return source_dir() / "tests" / "fixtures"; }

@@ -26,7 +26,7 @@ void ModelOptions::add_to(CLI::App& app, bool model_required) {
 void add_compute_option(CLI::App& app, std::string& compute) {
   app.add_option("--compute", compute,
                  "matmul arithmetic: exact (fp32 activations), fast (bf16 activations and dot products for bf16/q8 "
-                 "weights on CPUs with AVX512-BF16), auto (fast for q8 only; the default, or PARSCALE_COMPUTE)")
+                 "weights on CPUs with AVX512-BF16), auto (the default, or PARSCALE_COMPUTE: fast where the CPU has it)")
       ->check(CLI::IsMember({"exact", "fast", "auto"}));
 }
 

@@ -101,13 +101,13 @@ bool cpu_has_bf16dot() {
 }  // namespace
 
 // The AVX-512 path active and, in fast mode, BF16 weights or q8 weights whose scale blocks are a
-// multiple of 16 values; in auto mode only such q8 weights: the bf16 dot-product kernels.
+// multiple of 16 values (in fast and auto mode): the bf16 dot-product kernels.
 bool use_bf16dot(const WeightView& W) {
   const bool q8 = W.dtype == DType::I8 && W.block > 0 && W.block % 16 == 0;
   if (W.dtype != DType::BF16 && !q8) return false;
   const KernelPath path = active().path;  // (reads the environment on the first call)
   const ComputeMode mode = g_mode.load(std::memory_order_relaxed);
-  if (mode == ComputeMode::Exact || (mode == ComputeMode::Auto && !q8)) return false;
+  if (mode == ComputeMode::Exact) return false;
   static const bool ok = bf16dot_compiled() && cpu_has_bf16dot();
   return ok && path == KernelPath::AVX512;
 }

@@ -34,10 +34,10 @@ void set_kernel_path(KernelPath p);
 // multiple of 16 values take the same kernels with each weight dequantized to
 // bf16(float(q) * scale) (reference: matmul_q8bf16_ref); everything else, and every other path or
 // dtype, computes as in exact mode.
-// Auto (the default): fast for q8 weights, exact for every other dtype. (q8 is already a trade of
-// accuracy for speed; the fast kernels move the demo model's perplexity by 0.02 % or less and
-// run prefill ~1.8x faster; BF16/F16/F32 stay exact by default: docs/PERFORMANCE.md, "q8 in fast
-// mode".)
+// Auto (the default): the choice per dtype, today the same as fast: BF16 and q8 weights run fast
+// where the CPU has AVX512-BF16, F32 and F16 exactly. (Fast moves the demo model's perplexity by
+// 0.02 % or less and, with BF16 weights packed for oneDNN, runs BF16 prefill ~2.4x faster than
+// exact: docs/PERFORMANCE.md, "Round 4".) Golden tests pin exact mode.
 // All modes are batch invariant: an output row does not depend on the number of rows M or on the
 // other rows. The environment variable PARSCALE_COMPUTE=exact|fast|auto (read once, at the first
 // kernel call) or set_compute_mode() picks it.

@@ -195,29 +195,42 @@ std::shared_ptr<PackedWeight> pack_bf16(const WeightView& W, int slices) {
   auto p = std::make_shared<PackedWeight>();
   p->rows = N;
   p->cols = K;
-  try {
-    dnnl::stream stream(cpu_engine());
-    const int64_t per = (N + S - 1) / S;
-    for (int64_t n0 = 0; n0 < N;) {
-      const int64_t n = std::min(N - n0, (per + kSliceAlign - 1) / kSliceAlign * kSliceAlign);
-      if (!all_chunks_brgemm(n, K, ldx)) return nullptr;  // not oneDNN's brgemm for every M: unpacked
-      const auto pd = make_desc(1, n, K, ldx);
-      // W's rows n0 .. n0 + n as oneDNN's (K x n) weights: element (k, j) at W[(n0 + j) * K + k].
-      memory plain(memory::desc({K, n}, memory::data_type::bf16, memory::dims{1, K}), cpu_engine(),
-                   const_cast<uint8_t*>(static_cast<const uint8_t*>(W.data) + n0 * K * 2));
-      PackedSlice s;
-      s.n0 = n0;
-      s.n = n;
-      s.w = memory(pd.weights_desc(), cpu_engine());
-      dnnl::reorder(plain, s.w).execute(stream, plain, s.w);
-      stream.wait();
-      p->bytes += static_cast<int64_t>(pd.weights_desc().get_size());
-      p->slices.push_back(std::move(s));
-      n0 += n;
+  // Slice boundaries first; then each slice is checked and reordered inside one pool block (oneDNN
+  // single-threaded there, as in matmul_packed: no OpenMP team is ever started).
+  const int64_t per = (N + S - 1) / S, width = (per + kSliceAlign - 1) / kSliceAlign * kSliceAlign;
+  for (int64_t n0 = 0; n0 < N; n0 += width) {
+    PackedSlice s;
+    s.n0 = n0;
+    s.n = std::min(N - n0, width);
+    p->slices.push_back(std::move(s));
+  }
+  std::vector<char> ok(p->slices.size(), 0);
+  std::vector<int64_t> bytes(p->slices.size(), 0);
+  parallel_for(static_cast<int64_t>(p->slices.size()), 1, [&](int64_t b, int64_t e, int) {
+    const SingleThreadedOpenMP one_thread;
+    for (int64_t i = b; i < e; ++i) {
+      PackedSlice& s = p->slices[static_cast<size_t>(i)];
+      try {
+        if (!all_chunks_brgemm(s.n, K, ldx)) continue;  // not oneDNN's brgemm for every M: unpacked
+        const auto pd = make_desc(1, s.n, K, ldx);
+        // W's rows n0 .. n0 + n as oneDNN's (K x n) weights: element (k, j) at W[(n0 + j) * K + k].
+        memory plain(memory::desc({K, s.n}, memory::data_type::bf16, memory::dims{1, K}), cpu_engine(),
+                     const_cast<uint8_t*>(static_cast<const uint8_t*>(W.data) + s.n0 * K * 2));
+        s.w = memory(pd.weights_desc(), cpu_engine());
+        dnnl::stream stream(cpu_engine());
+        dnnl::reorder(plain, s.w).execute(stream, plain, s.w);
+        stream.wait();
+        bytes[static_cast<size_t>(i)] = static_cast<int64_t>(pd.weights_desc().get_size());
+        ok[static_cast<size_t>(i)] = 1;
+      } catch (const dnnl::error& e) {
+        throw Error("packing a " + std::to_string(N) + " x " + std::to_string(K) + " bf16 matrix for oneDNN failed: " +
+                    e.what());
+      }
     }
-  } catch (const dnnl::error& e) {
-    throw Error("packing a " + std::to_string(N) + " x " + std::to_string(K) + " bf16 matrix for oneDNN failed: " +
-                e.what());
+  });
+  for (size_t i = 0; i < ok.size(); ++i) {
+    if (!ok[i]) return nullptr;
+    p->bytes += bytes[i];
   }
   return p;
 }
