@@ -30,6 +30,7 @@ struct Opts {
   std::string api_key;
   double kv_memory_gib = 0.0;
   int64_t max_queue = 1024;
+  int64_t prefill_rows_while_decoding = -1;
   std::string cors_origin;
   size_t max_body_mib = 8;
 };
@@ -62,6 +63,7 @@ int run(const Opts& o) {
   eo.kv_memory_bytes = static_cast<int64_t>(o.kv_memory_gib * 1024.0 * 1024.0 * 1024.0);
   eo.kv_dtype = o.model.kv();
   eo.max_queue = o.max_queue;
+  eo.prefill_rows_while_decoding = o.prefill_rows_while_decoding;
   Engine engine(w.backbone, w.adapter, extra, eo);
 
   server::ServerOptions so;
@@ -124,6 +126,10 @@ parscale::cli::RegisterCommand reg("serve", "OpenAI-compatible HTTP server with 
   app.add_option("--kv-memory", o->kv_memory_gib, "GiB of KV cache pages (default: 4 sequences of the full context at P = 1)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-queue", o->max_queue, "waiting requests at most; more get 429 (default 1024)")->check(CLI::PositiveNumber);
+  app.add_option("--prefill-rows-while-decoding", o->prefill_rows_while_decoding,
+                 "prompt rows per step at most while requests decode (0 = no cap; default: 16 in fast mode, 8 in "
+                 "exact: docs/SCHEDULER.md)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--cors-origin", o->cors_origin, "send Access-Control-Allow-Origin: O (e.g. '*')");
   app.add_option("--max-body-mib", o->max_body_mib, "largest request body in MiB; larger get 413 (default 8)")->check(CLI::PositiveNumber);
   return [o]() -> int { return run(*o); };

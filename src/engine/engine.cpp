@@ -8,6 +8,7 @@
 #include "engine/batch_forward.h"
 #include "engine/engine_impl.h"
 #include "engine/step_runner.h"
+#include "kernels/kernels.h"
 #include "model/backbone.h"
 #include "parscale/adapter.h"
 
@@ -45,9 +46,13 @@ Engine::Engine(std::shared_ptr<const Backbone> backbone, std::shared_ptr<const A
     raw.push_back(a);
   }
   const Backbone& b = *backbone;
+  EngineOptions o = options;
+  if (o.prefill_rows_while_decoding < 0)
+    o.prefill_rows_while_decoding =
+        !b.layers.empty() && kernels::uses_bf16dot(b.layers[0].gate_proj) ? kPrefillRowsFast : kPrefillRowsExact;
   impl_ = std::make_unique<Impl>(
       b.config, std::move(models), std::move(raw),
-      [&b](KvPool& pool) { return std::make_unique<BatchForwardRunner>(b, pool); }, options);
+      [&b](KvPool& pool) { return std::make_unique<BatchForwardRunner>(b, pool); }, o);
   impl_->backbone = std::move(backbone);
   impl_->keep_alive = std::move(adapters);
 }

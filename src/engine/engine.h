@@ -42,6 +42,10 @@ class EngineError : public std::runtime_error {
   Kind kind;
 };
 
+// The default caps of EngineOptions::prefill_rows_while_decoding (stream rows).
+constexpr int64_t kPrefillRowsExact = 8;
+constexpr int64_t kPrefillRowsFast = 16;
+
 struct EngineOptions {
   // Bytes of KV pages (all layers, K and V). 0: room for 4 sequences of the full context at P = 1.
   int64_t kv_memory_bytes = 0;
@@ -51,8 +55,10 @@ struct EngineOptions {
   // Prompt (prefill) rows per pass at most while any sequence is decoding, so a long prompt is
   // admitted in chunks beside the decode tokens instead of stalling them; the first prompt chunk
   // of a pass gets at least one token. 0: no cap (batch_rows). With no sequence decoding, prompts
-  // get the whole batch_rows.
-  int64_t prefill_rows_while_decoding = 8;  // docs/SCHEDULER.md: measured choice
+  // get the whole batch_rows. -1 (the default): by the backbone's arithmetic, measured
+  // (docs/SCHEDULER.md): kPrefillRowsFast where its matmuls run on the fast kernels (a prompt row
+  // costs ~4 ms on two cores), else kPrefillRowsExact (~10-40 ms a row).
+  int64_t prefill_rows_while_decoding = -1;
   int64_t max_running = 64;      // sequences in the running batch at most
   int64_t max_queue = 1024;      // waiting requests at most; submit() refuses beyond
   bool prefix_cache = true;      // reuse full KV pages of earlier prompts with the same tokens

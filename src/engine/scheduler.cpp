@@ -74,8 +74,10 @@ Scheduler::Scheduler(const ModelConfig& config, std::vector<SchedulerModel> mode
       page_tokens_(pool.page_tokens()), vocab_(config.vocab_size) {
   check(!models_.empty(), "engine: no model to serve");
   check(options_.batch_rows > 0, "engine: batch_rows must be > 0, found " + std::to_string(options_.batch_rows));
-  check(options_.prefill_rows_while_decoding >= 0,
-        "engine: prefill_rows_while_decoding must be >= 0, found " + std::to_string(options_.prefill_rows_while_decoding));
+  check(options_.prefill_rows_while_decoding >= -1,
+        "engine: prefill_rows_while_decoding must be >= 0 (or -1: by the arithmetic), found " +
+            std::to_string(options_.prefill_rows_while_decoding));
+  if (options_.prefill_rows_while_decoding < 0) options_.prefill_rows_while_decoding = kPrefillRowsExact;  // (the Engine resolves -1 by its backbone)
   check(options_.max_running > 0, "engine: max_running must be > 0, found " + std::to_string(options_.max_running));
   step_seconds_.bounds = latency_bounds();
   step_seconds_.counts.assign(step_seconds_.bounds.size() + 1, 0);
