@@ -149,6 +149,23 @@ RowOutputs expect_rows_do_not_depend_on_m(const std::vector<float>& x, int64_t K
   return one;
 }
 
+struct Shape {
+  int64_t M, N, K;
+};
+
+// BF16 W [s.N, s.K] in fast mode on random x [s.M, s.K] and bias: matmul against matmul_bf16_ref,
+// then expect_add_and_not_exact.
+void expect_bf16_matches_reference(const WeightView& W, const Shape& s, const std::string& label) {
+  const auto x = randn(static_cast<size_t>(s.M * s.K), 4u + static_cast<uint32_t>(s.N));
+  const auto bias = randn(static_cast<size_t>(s.N), 5u);
+  std::vector<float> want(static_cast<size_t>(s.M * s.N)), got(want.size());
+  matmul_bf16_ref(x.data(), s.M, W, bias.data(), want.data());
+  matmul(x.data(), s.M, W, bias.data(), got.data());
+  const std::string what = label + "M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K);
+  expect_fast_close(got, want, x, W, s.M, what);
+  expect_add_and_not_exact(x, s.M, W, W, bias, want, got, what);
+}
+
 TEST(ComputeModeNames, ParseAndNames) {
   EXPECT_EQ(parse_compute_mode("exact"), ComputeMode::Exact);
   EXPECT_EQ(parse_compute_mode("fast"), ComputeMode::Fast);
@@ -164,18 +181,10 @@ TEST_F(FastMode, Bf16DotMatmulMatchesItsReference) {
   if (!fast_bf16_supported()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
   set_kernel_path(KernelPath::AVX512);
   set_compute_mode(ComputeMode::Fast);
-  struct Shape { int64_t M, N, K; };
   const Shape shapes[] = {{1, 7, 5}, {1, 33, 100}, {3, 17, 520}, {8, 64, 1536}, {5, 13, 1030}, {37, 45, 96}, {100, 20, 2100}};
   for (const Shape& s : shapes) {
     Bf16Weight w(s.N, s.K, 3u + static_cast<uint32_t>(s.K));
-    const auto x = randn(static_cast<size_t>(s.M * s.K), 4u + static_cast<uint32_t>(s.N));
-    const auto bias = randn(static_cast<size_t>(s.N), 5u);
-    std::vector<float> want(static_cast<size_t>(s.M * s.N)), got(want.size());
-    matmul_bf16_ref(x.data(), s.M, w.view, bias.data(), want.data());
-    matmul(x.data(), s.M, w.view, bias.data(), got.data());
-    const std::string what = "M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K);
-    expect_fast_close(got, want, x, w.view, s.M, what);
-    expect_add_and_not_exact(x, s.M, w.view, w.view, bias, want, got, what);
+    expect_bf16_matches_reference(w.view, s, "");
   }
 }
 
@@ -333,7 +342,6 @@ TEST_F(FastMode, PackedBf16MatmulMatchesItsReference) {
   if (!packed_bf16_supported()) GTEST_SKIP() << "no oneDNN or no AVX512-BF16 here";
   set_kernel_path(KernelPath::AVX512);
   set_compute_mode(ComputeMode::Fast);
-  struct Shape { int64_t M, N, K; };
   // K: odd, not a multiple of 32, past oneDNN's K blocks; N: under and past a 64-column slice
   // boundary; M: within one chunk, across the 64-row and 256-row chunks.
   const Shape shapes[] = {{1, 7, 5}, {1, 33, 100}, {3, 130, 520}, {8, 64, 1536}, {65, 45, 1030}, {300, 20, 96}, {70, 200, 2100}};
@@ -341,14 +349,7 @@ TEST_F(FastMode, PackedBf16MatmulMatchesItsReference) {
     PackedBf16 w(s.N, s.K, 3u + static_cast<uint32_t>(s.K));
     ASSERT_NE(w.packed, nullptr);
     EXPECT_GE(packed_bytes(*w.packed), s.N * s.K * 2);
-    const auto x = randn(static_cast<size_t>(s.M * s.K), 4u + static_cast<uint32_t>(s.N));
-    const auto bias = randn(static_cast<size_t>(s.N), 5u);
-    std::vector<float> want(static_cast<size_t>(s.M * s.N)), got(want.size());
-    matmul_bf16_ref(x.data(), s.M, w.view, bias.data(), want.data());
-    matmul(x.data(), s.M, w.view, bias.data(), got.data());
-    const std::string what = "packed M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K);
-    expect_fast_close(got, want, x, w.view, s.M, what);
-    expect_add_and_not_exact(x, s.M, w.view, w.view, bias, want, got, what);
+    expect_bf16_matches_reference(w.view, s, "packed ");
   }
   // Only BF16 is packed.
   const auto f = randn(64, 6u);
