@@ -1,8 +1,12 @@
 // Bad input gives one clear error naming file / tensor / field, expected and found; never a crash.
+#include <cstring>
 #include <fstream>
 #include <limits>
 
 #include "core/error.h"
+#include "engine/session.h"
+#include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -341,6 +345,42 @@ TEST(Loading, RandomCorruptionNeverCrashes) {
   // A file cut anywhere lacks bytes the header promises: it never loads. (This replaces
   // `errors + loads == 300`, which every run satisfied by construction.)
   EXPECT_EQ(truncated_loads, 0) << loads << " loads";
+}
+
+// The fast mode's packed copies (kernels/packed.h) of the demo model's BF16 matrices: made at
+// load, with the plain pages released only when asked, not made when packing is off; the released
+// model computes the same logits and refuses exact mode with an error.
+TEST(Loading, FastModePacksBf16MatricesAndReleasesThePlainCopyOnlyWhenAsked) {
+  if (!kernels::packed_bf16_supported()) GTEST_SKIP() << "no oneDNN or no AVX512-BF16 here";
+  const test::ExactModeScope restore;  // (restores the mode afterwards)
+  kernels::set_compute_mode(kernels::ComputeMode::Fast);
+  const std::string dir = (test::source_dir() / "models" / "demo").string();
+  LoadOptions keep, release, off;
+  release.release_packed_sources = true;
+  off.pack_fast = false;
+  const ModelWeights a = load_model(dir, keep), b = load_model(dir, release), c = load_model(dir, off);
+  EXPECT_GT(packed_weight_bytes(a.bb()), 0);
+  EXPECT_EQ(packed_weight_bytes(c.bb()), 0);
+  for (size_t l = 0; l < a.bb().layers.size(); ++l) {
+    EXPECT_NE(a.bb().layers[l].down_proj.packed, nullptr);
+    EXPECT_NE(a.bb().layers[l].down_proj.data, nullptr);
+    EXPECT_NE(b.bb().layers[l].down_proj.packed, nullptr);
+    EXPECT_EQ(b.bb().layers[l].down_proj.data, nullptr);
+    EXPECT_EQ(c.bb().layers[l].down_proj.packed, nullptr);
+  }
+  const std::vector<int32_t> ids = {5, 17, 300, 42, 9, 1000, 7};
+  auto logits = [&](const ModelWeights& w) {
+    Session s(w, 1, static_cast<int64_t>(ids.size()));
+    std::vector<float> out;
+    s.forward({ids}, Session::Outputs::AllPositions, out);
+    return out;
+  };
+  const std::vector<float> la = logits(a), lb = logits(b);
+  ASSERT_EQ(la.size(), lb.size());
+  EXPECT_EQ(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)), 0);
+  kernels::set_compute_mode(kernels::ComputeMode::Exact);
+  EXPECT_THROW(logits(b), Error);
+  EXPECT_EQ(logits(a).size(), la.size());  // the kept plain copy still runs exactly
 }
 
 }  // namespace

@@ -41,6 +41,7 @@ ModelWeights ModelOptions::load() const {
   apply_compute_option(compute);
   LoadOptions lo;
   lo.adapter_files = adapters;
+  lo.pack_fast = run_only;
   lo.release_packed_sources = run_only;
   if (dtype != "auto") {
     lo.convert_matrices = true;

@@ -18,8 +18,9 @@ struct ModelOptions {
   int threads = 0;             // 0 = all cores
   std::string kv_dtype = "f32";  // KV cache: f32, bf16, f16
   std::string compute;           // exact, fast, auto; empty: PARSCALE_COMPUTE or auto
-  // The command only runs the model: matrices packed for the fast mode keep no plain copy
-  // (LoadOptions::release_packed_sources). False for commands that read the matrices (convert).
+  // The command only runs the model: BF16 matrices are packed for the fast mode and keep no plain
+  // copy (LoadOptions::pack_fast, release_packed_sources). False for commands that read the
+  // matrices (convert).
   bool run_only = true;
   // Adds --model (required unless `model_required` is false), --adapter, --dtype, --threads,
   // --kv-dtype, --compute.

@@ -334,7 +334,7 @@ ModelWeights load_weights(const ModelConfig& config_in, std::shared_ptr<TensorSt
   }
   add_unknown(*store, L.used, w.unknown_tensors);
   if (adapter_store) add_unknown(*adapter_store, L.used, w.unknown_tensors);
-  pack_fast_weights(*backbone, options.release_packed_sources);
+  if (options.pack_fast) pack_fast_weights(*backbone, options.release_packed_sources);
   w.backbone = backbone;
   w.adapter = adapter;
   return w;

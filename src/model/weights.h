@@ -48,9 +48,11 @@ struct LoadOptions {
   int64_t q8_block = 32;
   // Optional adapter file(s) whose tensors replace/add ParScale parameters (prefixes, aggregate).
   std::vector<std::string> adapter_files;
-  // For processes that only run the model: matrices packed for the fast mode (pack_fast_weights)
-  // drop their plain copy, so the weights are resident once. Leave false to read the plain matrices
-  // later (convert, export, training).
+  // Pack the BF16 matrices for the fast mode when it applies (pack_fast_weights). Loaders that
+  // only read the matrices (convert, training) turn it off: it would cost time and memory.
+  bool pack_fast = true;
+  // For processes that only run the model: matrices packed for the fast mode drop their plain
+  // copy, so the weights are resident once. Leave false to read the plain matrices later.
   bool release_packed_sources = false;
 };
 

@@ -136,6 +136,7 @@ ParameterSet parscale_from_backbone(ParameterSet backbone, int64_t P, int64_t T,
 ParameterSet load_parameters(const std::string& dir, const std::vector<std::string>& adapters) {
   LoadOptions lo;
   lo.adapter_files = adapters;
+  lo.pack_fast = false;  // read into fp32 parameters, never run
   ModelWeights w = load_model(dir, lo);
   return parameters_from_weights(w);
 }
