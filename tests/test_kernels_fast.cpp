@@ -403,4 +403,22 @@ TEST_F(FastMode, PackedWithoutItsPlainCopyRunsOnlyInFastMode) {
   EXPECT_THROW(matmul_add(x.data(), M, released, without.data()), Error);
 }
 
+TEST_F(FastMode, PackedRowsReadBackAsStored) {
+  if (!packed_bf16_supported()) GTEST_SKIP() << "no oneDNN or no AVX512-BF16 here";
+  // Rows of every slice, shapes under and past oneDNN's column blocks and K pairs (odd K).
+  for (const Shape& s : {Shape{0, 7, 5}, Shape{0, 130, 520}, Shape{0, 200, 1101}, Shape{0, 4096, 256}}) {
+    for (int slices : {1, 3}) {
+      PackedBf16 w(s.N, s.K, 61u + static_cast<uint32_t>(s.K), slices);
+      ASSERT_NE(w.packed, nullptr);
+      std::vector<float> got(static_cast<size_t>(s.K)), want(got.size());
+      for (int64_t r = 0; r < s.N; r += (s.N > 300 ? 37 : 1)) {
+        packed_row_f32(*w.packed, r, got.data());
+        for (int64_t k = 0; k < s.K; ++k) want[static_cast<size_t>(k)] = bf16_to_f32(w.bits[static_cast<size_t>(r * s.K + k)]);
+        ASSERT_TRUE(same_bits(got.data(), want.data(), s.K)) << "N=" << s.N << " K=" << s.K << " row " << r;
+      }
+      EXPECT_THROW(packed_row_f32(*w.packed, s.N, got.data()), Error);
+    }
+  }
+}
+
 }  // namespace

@@ -368,6 +368,11 @@ TEST(Loading, FastModePacksBf16MatricesAndReleasesThePlainCopyOnlyWhenAsked) {
     EXPECT_EQ(b.bb().layers[l].down_proj.data, nullptr);
     EXPECT_EQ(c.bb().layers[l].down_proj.packed, nullptr);
   }
+  // The demo's lm_head is its embedding (tied): one packed copy serves both; lookups read it.
+  ASSERT_TRUE(b.bb().tied);
+  EXPECT_NE(b.bb().lm_head.packed, nullptr);
+  EXPECT_EQ(b.bb().embed_tokens.packed, b.bb().lm_head.packed);
+  EXPECT_EQ(b.bb().embed_tokens.data, nullptr);
   const std::vector<int32_t> ids = {5, 17, 300, 42, 9, 1000, 7};
   auto logits = [&](const ModelWeights& w) {
     Session s(w, 1, static_cast<int64_t>(ids.size()));

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "kernels/dispatch.h"
+#include "kernels/packed.h"
 
 namespace parscale::kernels {
 
@@ -51,6 +52,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 void weight_row_f32(const WeightView& W, int64_t r, float* dst) {
+  if (!W.data && W.packed) return packed_row_f32(*W.packed, r, dst);  // plain copy released
   for (int64_t k0 = 0; k0 < W.cols; k0 += kKChunk) convert_chunk(W, r, k0, std::min(kKChunk, W.cols - k0), dst + k0);
 }
 

@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/kernels.h"
@@ -25,6 +26,7 @@ namespace parscale {
 struct PackedSlice {
   int64_t n0 = 0, n = 0;
   dnnl::memory w;
+  dnnl_memory_desc_t md{};  // w's layout (blocked), for reading single rows back
 };
 struct PackedWeight {
   int64_t rows = 0, cols = 0;  // N, K
@@ -217,6 +219,8 @@ std::shared_ptr<PackedWeight> pack_bf16(const WeightView& W, int slices) {
         memory plain(memory::desc({K, s.n}, memory::data_type::bf16, memory::dims{1, K}), cpu_engine(),
                      const_cast<uint8_t*>(static_cast<const uint8_t*>(W.data) + s.n0 * K * 2));
         s.w = memory(pd.weights_desc(), cpu_engine());
+        s.md = pd.weights_desc().data;
+        if (s.md.format_kind != dnnl_blocked) continue;  // rows could not be read back: unpacked
         dnnl::stream stream(cpu_engine());
         dnnl::reorder(plain, s.w).execute(stream, plain, s.w);
         stream.wait();
@@ -235,6 +239,39 @@ std::shared_ptr<PackedWeight> pack_bf16(const WeightView& W, int slices) {
   return p;
 }
 
+// Element (k, j) of a (K x n) blocked layout, in elements from the start (oneDNN's blocking
+// descriptor: the outer block of each dimension at strides[d], then the inner blocks densely, the
+// last listed innermost).
+int64_t blocked_offset(const dnnl_memory_desc_t& md, int64_t k, int64_t j) {
+  const dnnl_blocking_desc_t& b = md.format_desc.blocking;
+  const int64_t idx[2] = {k, j};
+  int64_t block[2] = {1, 1};
+  for (int i = 0; i < b.inner_nblks; ++i) block[b.inner_idxs[i]] *= b.inner_blks[i];
+  int64_t off = md.offset0;
+  for (int d = 0; d < 2; ++d) off += idx[d] / block[d] * b.strides[d];
+  int64_t inner = 0, below[2] = {1, 1};  // (product of the blocks after i, per dimension)
+  for (int i = b.inner_nblks - 1; i >= 0; --i) {
+    const int d = static_cast<int>(b.inner_idxs[i]);
+    below[d] *= b.inner_blks[i];
+  }
+  for (int i = 0; i < b.inner_nblks; ++i) {
+    const int d = static_cast<int>(b.inner_idxs[i]);
+    below[d] /= b.inner_blks[i];
+    inner = inner * b.inner_blks[i] + idx[d] / below[d] % b.inner_blks[i];
+  }
+  return off + inner;
+}
+
+void packed_row_f32(const PackedWeight& p, int64_t r, float* dst) {
+  if (r < 0 || r >= p.rows) throw Error("packed_row_f32: row " + std::to_string(r) + " outside [0, " + std::to_string(p.rows) + ")");
+  for (const PackedSlice& s : p.slices) {
+    if (r >= s.n0 + s.n) continue;
+    const auto* w = static_cast<const uint16_t*>(s.w.get_data_handle());
+    for (int64_t k = 0; k < p.cols; ++k) dst[k] = bf16_to_f32(w[blocked_offset(s.md, k, r - s.n0)]);
+    return;
+  }
+}
+
 namespace detail {
 void matmul_packed(const uint16_t* xb, int64_t M, const PackedWeight& W, float* y) {
   if (M <= 0) return;
@@ -248,6 +285,7 @@ void matmul_packed(const uint16_t* xb, int64_t M, const PackedWeight& W, float* 
 
 bool packed_bf16_supported() { return false; }
 std::shared_ptr<PackedWeight> pack_bf16(const WeightView&, int) { return nullptr; }
+void packed_row_f32(const PackedWeight&, int64_t, float*) { throw Error("packed weights need a build with oneDNN"); }
 namespace detail {
 void matmul_packed(const uint16_t*, int64_t, const PackedWeight&, float*) {
   throw Error("packed weights need a build with oneDNN");

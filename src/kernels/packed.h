@@ -38,6 +38,11 @@ std::shared_ptr<PackedWeight> pack_bf16(const WeightView& W, int slices = 0);
 // Bytes held by a packed copy.
 int64_t packed_bytes(const PackedWeight& p);
 
+// dst[0, K) = row r of W as fp32, read from the packed copy (the same values as from W's plain
+// storage): embedding lookups of a tied lm_head whose plain copy was released. Throws
+// parscale::Error for r outside [0, N).
+void packed_row_f32(const PackedWeight& p, int64_t r, float* dst);
+
 namespace detail {
 // y[M, N] += xb[M, K] · W^T with xb dense bf16 rows (stride K: oneDNN 2.6 runs its brgemm kernels
 // on dense rows only): the fast mode's matmul for a packed W (y already holds the bias or the

@@ -394,7 +394,11 @@ int64_t pack_fast_weights(Backbone& b, bool release_sources) {
   };
   for (auto& L : b.layers)
     for (WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) pack(*v);
-  if (!b.tied) pack(b.lm_head);  // (a tied head stays on the embedding's rows: lookups read them)
+  pack(b.lm_head);
+  if (b.tied) {  // the embedding is the same matrix: its lookups read the packed rows once released
+    b.embed_tokens.packed = b.lm_head.packed;
+    b.embed_tokens.data = b.lm_head.data;
+  }
   return bytes;
 }
 
@@ -403,7 +407,7 @@ int64_t packed_weight_bytes(const Backbone& b) {
   for (const auto& L : b.layers)
     for (const WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
       if (v->packed) bytes += kernels::packed_bytes(*v->packed);
-  if (!b.tied && b.lm_head.packed) bytes += kernels::packed_bytes(*b.lm_head.packed);
+  if (b.lm_head.packed) bytes += kernels::packed_bytes(*b.lm_head.packed);
   return bytes;
 }
 

@@ -94,9 +94,10 @@ ModelWeights load_model(const std::string& dir, const LoadOptions& options = {})
 ModelWeights load_weights(const ModelConfig& config, std::shared_ptr<TensorStore> store,
                           const std::string& source, const LoadOptions& options = {});
 
-// For the fast compute mode: every BF16 matrix of the decoder layers (and an untied lm_head) whose
+// For the fast compute mode: every BF16 matrix of the decoder layers and the lm_head whose
 // matmuls run on the fast kernels now gets a packed copy for oneDNN (kernels/packed.h), kept in
-// b.owned. With release_sources, each packed matrix's plain pages leave the resident set
+// b.owned (a tied embedding shares the lm_head's: its lookups read packed rows once the plain copy
+// is gone). With release_sources, each packed matrix's plain pages leave the resident set
 // (MADV_DONTNEED) and its view's `data` becomes null: only the fast mode can run it from then on
 // (the other kernels throw parscale::Error on it). Does nothing where packing is unsupported or
 // not in use. Returns the bytes packed.
