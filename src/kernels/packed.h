@@ -1,7 +1,7 @@
 // Packed BF16 weights for the fast compute mode: oneDNN's bf16 matmul (brgemm kernels with
 // vdpbf16ps, Debian libdnnl 2.6) on a copy of W in oneDNN's blocked layout.
 //
-// Why: measured on the 1.8B shape (docs/PERFORMANCE.md, "oneDNN"), oneDNN's brgemm runs these
+// Why: measured on the 1.8B shape (docs/PERFORMANCE.md, "Round 4"), oneDNN's brgemm runs these
 // matmuls at ~95 % of the vdpbf16ps peak for prompt-sized M against ~60 % for our own
 // K-vectorised kernel, and the blocked layout streams better from DRAM at decode (M = 1-8).
 //
