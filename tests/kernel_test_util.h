@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "test_util.h"
 
 namespace parscale::test {
 
@@ -26,23 +27,16 @@ inline std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
   return v;
 }
 
-// A fixture for tests of the exact kernels: runs in exact mode (the default, auto, would send q8
-// weights to the fast kernels) and restores the kernel path and compute mode afterwards.
+// A fixture for tests of the exact kernels: runs in exact mode (the default, auto, would send BF16
+// and q8 weights to the fast kernels) and restores the kernel path and compute mode afterwards.
 class ExactKernelsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    saved_path_ = kernels::active_kernel_path();
-    saved_mode_ = kernels::active_compute_mode();
-    kernels::set_compute_mode(kernels::ComputeMode::Exact);
-  }
-  void TearDown() override {
-    kernels::set_kernel_path(saved_path_);
-    kernels::set_compute_mode(saved_mode_);
-  }
+  void SetUp() override { saved_path_ = kernels::active_kernel_path(); }
+  void TearDown() override { kernels::set_kernel_path(saved_path_); }
 
  private:
+  ExactModeScope exact_;
   kernels::KernelPath saved_path_ = kernels::KernelPath::Scalar;
-  kernels::ComputeMode saved_mode_ = kernels::ComputeMode::Auto;
 };
 
 }  // namespace parscale::test

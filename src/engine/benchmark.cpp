@@ -190,10 +190,10 @@ ModelWeights with_streams(const ModelWeights& backbone, int64_t P, uint64_t seed
 ModelCost model_cost(const ModelWeights& w) {
   ModelCost c;
   for (const auto& L : w.bb().layers)
-    for (const WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
-      c.backbone_bytes += view_bytes(*v);
-      c.backbone_params += view_params(*v);
-    }
+    for_each_layer_matrix(L, [&](const WeightView& v) {
+      c.backbone_bytes += view_bytes(v);
+      c.backbone_params += view_params(v);
+    });
   c.head_bytes = view_bytes(w.bb().lm_head);
   c.head_params = view_params(w.bb().lm_head);
   if (w.adapter) {

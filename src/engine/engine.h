@@ -57,7 +57,7 @@ struct EngineOptions {
   // of a pass gets at least one token. 0: no cap (batch_rows). With no sequence decoding, prompts
   // get the whole batch_rows. -1 (the default): by the backbone's arithmetic, measured
   // (docs/SCHEDULER.md): kPrefillRowsFast where its matmuls run on the fast kernels (a prompt row
-  // costs ~4 ms on two cores), else kPrefillRowsExact (~10-40 ms a row).
+  // costs ~4 ms on two cores), else kPrefillRowsExact (~11 ms a row on two cores, 35-50 ms on one).
   int64_t prefill_rows_while_decoding = -1;
   int64_t max_running = 64;      // sequences in the running batch at most
   int64_t max_queue = 1024;      // waiting requests at most; submit() refuses beyond

@@ -63,10 +63,10 @@ struct SingleThreadedOpenMP {
   ~SingleThreadedOpenMP() { omp_set_num_threads(before); }
 };
 
-// The primitive for t[M, n] = x[M, K] (row stride ldx) · W_slice, t dense (oneDNN 2.6 runs its
-// brgemm kernels only for a dense destination); the scratchpad is ours (one buffer per thread).
-dnnl::matmul::primitive_desc make_desc(int64_t M, int64_t n, int64_t K, int64_t ldx) {
-  const memory::desc src({M, K}, memory::data_type::bf16, memory::dims{ldx, 1});
+// The primitive for t[M, n] = x[M, K] · W_slice, x and t dense (oneDNN 2.6 runs its brgemm
+// kernels only on dense rows); the scratchpad is ours (one buffer per thread).
+dnnl::matmul::primitive_desc make_desc(int64_t M, int64_t n, int64_t K) {
+  const memory::desc src({M, K}, memory::data_type::bf16, memory::format_tag::ab);
   const memory::desc wts({K, n}, memory::data_type::bf16, memory::format_tag::any);
   const memory::desc dst({M, n}, memory::data_type::f32, memory::format_tag::ab);
   dnnl::primitive_attr attr;
@@ -81,13 +81,13 @@ struct Exec {
 };
 
 struct Key {
-  int64_t M, n, K, ldx;
-  bool operator==(const Key& o) const { return M == o.M && n == o.n && K == o.K && ldx == o.ldx; }
+  int64_t M, n, K;
+  bool operator==(const Key& o) const { return M == o.M && n == o.n && K == o.K; }
 };
 struct KeyHash {
   size_t operator()(const Key& k) const {
     uint64_t h = 1469598103934665603ull;
-    for (int64_t v : {k.M, k.n, k.K, k.ldx}) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull;
+    for (int64_t v : {k.M, k.n, k.K}) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull;
     return static_cast<size_t>(h);
   }
 };
@@ -109,20 +109,20 @@ ThreadState& thread_state() {
 constexpr int64_t kMaxChunk = 256;
 int64_t chunk_rows(int64_t r) { return r <= 64 ? r : r >= kMaxChunk ? kMaxChunk : r / 64 * 64; }
 
-// Whether every chunk size of (n, K, ldx) runs on one and the same oneDNN brgemm implementation: a
+// Whether every chunk size of (n, K) runs on one and the same oneDNN brgemm implementation: a
 // row's bits must not depend on which chunk it falls in. Checked once per shape (primitive
 // descriptors only; the kernels are made on first use).
-bool all_chunks_brgemm(int64_t n, int64_t K, int64_t ldx) {
+bool all_chunks_brgemm(int64_t n, int64_t K) {
   static std::mutex mu;
   static std::unordered_map<Key, bool, KeyHash> seen;
   const std::lock_guard<std::mutex> lock(mu);
-  const Key key{0, n, K, ldx};
+  const Key key{0, n, K};
   auto it = seen.find(key);
   if (it != seen.end()) return it->second;
-  const std::string impl = make_desc(1, n, K, ldx).impl_info_str();
+  const std::string impl = make_desc(1, n, K).impl_info_str();
   bool ok = impl.rfind("brg", 0) == 0;
   for (int64_t mc = 2; mc <= kMaxChunk && ok; mc = mc < 64 ? mc + 1 : mc + 64)
-    ok = make_desc(mc, n, K, ldx).impl_info_str() == impl;
+    ok = make_desc(mc, n, K).impl_info_str() == impl;
   seen.emplace(key, ok);
   return ok;
 }
@@ -130,16 +130,16 @@ bool all_chunks_brgemm(int64_t n, int64_t K, int64_t ldx) {
 void run_slice(const uint16_t* xb, int64_t M, const PackedWeight& W, const PackedSlice& s, float* y) {
   const SingleThreadedOpenMP one_thread;
   ThreadState& ts = thread_state();
-  const int64_t K = W.cols, ldx = K, ldy = W.rows;
+  const int64_t K = W.cols, ldy = W.rows;
   if (ts.out.size() < static_cast<size_t>(std::min(M, kMaxChunk) * s.n)) ts.out.resize(static_cast<size_t>(std::min(M, kMaxChunk) * s.n));
   for (int64_t m = 0; m < M;) {
     const int64_t mc = chunk_rows(M - m);
-    const Key key{mc, s.n, K, ldx};
+    const Key key{mc, s.n, K};
     auto it = ts.execs.find(key);
     if (it == ts.execs.end()) {
       Exec e;
       try {
-        const auto pd = make_desc(mc, s.n, K, ldx);
+        const auto pd = make_desc(mc, s.n, K);
         e.prim = dnnl::matmul(pd);
         e.src = memory(pd.src_desc(), cpu_engine(), nullptr);
         e.dst = memory(pd.dst_desc(), cpu_engine(), nullptr);
@@ -157,7 +157,7 @@ void run_slice(const uint16_t* xb, int64_t M, const PackedWeight& W, const Packe
                                            memory::format_tag::a),
                               cpu_engine(), ts.scratch.data());
     }
-    e.src.set_data_handle(const_cast<uint16_t*>(xb + m * ldx));
+    e.src.set_data_handle(const_cast<uint16_t*>(xb + m * K));
     e.dst.set_data_handle(ts.out.data());
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e.src.get()},
                                {DNNL_ARG_WEIGHTS, s.w.get()},
@@ -191,7 +191,7 @@ bool packed_bf16_supported() {
 
 std::shared_ptr<PackedWeight> pack_bf16(const WeightView& W, int slices) {
   if (W.dtype != DType::BF16 || W.empty() || W.rows <= 0 || W.cols <= 0 || !packed_bf16_supported()) return nullptr;
-  const int64_t N = W.rows, K = W.cols, ldx = K;  // dense rows of x (detail::matmul_packed)
+  const int64_t N = W.rows, K = W.cols;
   int64_t S = slices > 0 ? slices : num_threads();
   S = std::max<int64_t>(1, std::min<int64_t>(S, (N + kSliceAlign - 1) / kSliceAlign));
   auto p = std::make_shared<PackedWeight>();
@@ -213,8 +213,8 @@ std::shared_ptr<PackedWeight> pack_bf16(const WeightView& W, int slices) {
     for (int64_t i = b; i < e; ++i) {
       PackedSlice& s = p->slices[static_cast<size_t>(i)];
       try {
-        if (!all_chunks_brgemm(s.n, K, ldx)) continue;  // not oneDNN's brgemm for every M: unpacked
-        const auto pd = make_desc(1, s.n, K, ldx);
+        if (!all_chunks_brgemm(s.n, K)) continue;  // not oneDNN's brgemm for every M: unpacked
+        const auto pd = make_desc(1, s.n, K);
         // W's rows n0 .. n0 + n as oneDNN's (K x n) weights: element (k, j) at W[(n0 + j) * K + k].
         memory plain(memory::desc({K, s.n}, memory::data_type::bf16, memory::dims{1, K}), cpu_engine(),
                      const_cast<uint8_t*>(static_cast<const uint8_t*>(W.data) + s.n0 * K * 2));

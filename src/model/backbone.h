@@ -25,6 +25,12 @@ struct BackboneLayer {
   WeightView gate_proj, up_proj, down_proj;    // [I,H], [I,H], [H,I]
 };
 
+// f(view) for the seven matrices of a layer (q, k, v, o, gate, up, down); L may be const.
+template <class Layer, class F>
+void for_each_layer_matrix(Layer& L, F&& f) {
+  for (auto* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) f(*v);
+}
+
 struct Backbone {
   ModelConfig config;  // the backbone's shape; its ParScale fields describe the folder's own adapter
   WeightView embed_tokens;             // [V, H]

@@ -392,8 +392,7 @@ int64_t pack_fast_weights(Backbone& b, bool release_sources) {
       v.data = nullptr;
     }
   };
-  for (auto& L : b.layers)
-    for (WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) pack(*v);
+  for (auto& L : b.layers) for_each_layer_matrix(L, pack);
   pack(b.lm_head);
   if (b.tied) {  // the embedding is the same matrix: its lookups read the packed rows once released
     b.embed_tokens.packed = b.lm_head.packed;
@@ -404,10 +403,9 @@ int64_t pack_fast_weights(Backbone& b, bool release_sources) {
 
 int64_t packed_weight_bytes(const Backbone& b) {
   int64_t bytes = 0;
-  for (const auto& L : b.layers)
-    for (const WeightView* v : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
-      if (v->packed) bytes += kernels::packed_bytes(*v->packed);
-  if (b.lm_head.packed) bytes += kernels::packed_bytes(*b.lm_head.packed);
+  auto add = [&](const WeightView& v) { bytes += v.packed ? kernels::packed_bytes(*v.packed) : 0; };
+  for (const auto& L : b.layers) for_each_layer_matrix(L, add);
+  add(b.lm_head);
   return bytes;
 }
 
