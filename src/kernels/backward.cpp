@@ -12,6 +12,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/gemm_f32.h"
 #include "kernels/kernels.h"
 
 namespace parscale::kernels {
@@ -52,13 +53,30 @@ namespace bw_avx512 {
 #define PARSCALE_BACKWARD_DISPATCH(fn, ...) return bw_scalar::fn<T>(__VA_ARGS__)
 #endif
 
+// Under a TrainingGemmScope the float products run on oneDNN's sgemm (gemm_f32.h); the bias
+// gradient keeps its in-order column sums.
 template <typename T>
 void matmul_backward_input(const T* dy, int64_t M, const T* W, int64_t N, int64_t K, T* dx, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (training_gemm_active()) return sgemm_tiled(false, false, M, K, N, dy, N, W, K, accumulate ? 1.0f : 0.0f, dx, K);
+  }
   PARSCALE_BACKWARD_DISPATCH(matmul_backward_input, dy, M, W, N, K, dx, accumulate);
 }
 
 template <typename T>
 void matmul_backward_weight(const T* dy, const T* x, int64_t M, int64_t N, int64_t K, T* dW, T* db) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (training_gemm_active()) {
+      sgemm_tiled(true, false, N, K, M, dy, N, x, K, 1.0f, dW, K);
+      if (db)
+        parallel_for_each(N, grain_if(M * N > 65536, N), [&](int64_t n) {
+          T s = T(0);
+          for (int64_t m = 0; m < M; ++m) s += dy[m * N + n];
+          db[n] += s;
+        });
+      return;
+    }
+  }
   PARSCALE_BACKWARD_DISPATCH(matmul_backward_weight, dy, x, M, N, K, dW, db);
 }
 

@@ -1,5 +1,6 @@
 // Run-time selection of the kernel path and the public entry points that forward to it.
 #include "kernels/dispatch.h"
+#include "kernels/gemm_f32.h"
 
 #include "core/threads.h"
 #include <sys/mman.h>
@@ -302,13 +303,29 @@ void require_plain(const WeightView& W) {
 }
 }  // namespace
 
+namespace {
+// Training's fp32 products (gemm_f32.h): y[M, N] (+)= x[M, K]·Wᵀ (+ bias) on oneDNN's sgemm.
+bool training_f32(const WeightView& W) { return W.dtype == DType::F32 && W.data && training_gemm_active(); }
+void matmul_training(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate) {
+  float beta = accumulate ? 1.0f : 0.0f;
+  if (bias) {
+    if (accumulate) throw Error("matmul_training: bias with accumulate");
+    for (int64_t m = 0; m < M; ++m) std::copy_n(bias, W.rows, y + m * W.rows);
+    beta = 1.0f;
+  }
+  sgemm_tiled(false, true, M, W.rows, W.cols, x, W.cols, W.f32(), W.cols, beta, y, W.rows);
+}
+}  // namespace
+
 void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  if (training_f32(W)) return matmul_training(x, M, W, bias, y, false);
   if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, bias, y, false);
   require_plain(W);
   detail::active().matmul(x, M, W, bias, y, false);
 }
 
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y) {
+  if (training_f32(W)) return matmul_training(x, M, W, nullptr, y, true);
   if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, nullptr, y, true);
   require_plain(W);
   detail::active().matmul(x, M, W, nullptr, y, true);
@@ -319,6 +336,12 @@ void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
   bool bf16dot = count > 0;
   for (int i = 0; i < count; ++i) bf16dot = bf16dot && detail::use_bf16dot(*outs[i].W) && outs[i].W->cols == outs[0].W->cols;
   if (bf16dot) return detail::matmul_multi_bf16dot(x, M, outs, count);
+  bool training = count > 0;
+  for (int i = 0; i < count; ++i) training = training && training_f32(*outs[i].W) && outs[i].W->cols == outs[0].W->cols;
+  if (training) {
+    for (int i = 0; i < count; ++i) matmul_training(x, M, *outs[i].W, outs[i].bias, outs[i].y, false);
+    return;
+  }
   for (int i = 0; i < count; ++i) require_plain(*outs[i].W);
   detail::active().matmul_multi(x, M, outs, count);
 }

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/backward.h"
+#include "kernels/gemm_f32.h"
 #include "kernels/kernels.h"
 #include "model/qwen2.h"
 #include "parscale/parscale.h"
@@ -57,6 +58,7 @@ int64_t head_chunk_rows(int64_t V) { return std::clamp<int64_t>((int64_t{32} << 
 // With several chunks, the chunks are spread over the threads in ONE parallel region (the
 // kernel's own region then runs on the calling thread alone), which keeps barriers few.
 void matmul_rows(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
+  if (kb::training_gemm_active()) return kb::matmul(x, M, W, bias, y);  // sgemm tiles all rows itself
   const int64_t chunk = std::clamp<int64_t>(32768 / std::max<int64_t>(W.cols, 1), 8, 256);
   const int64_t chunks = (M + chunk - 1) / chunk;
   if (chunks < 2 * num_threads()) {
@@ -333,7 +335,8 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
   const std::vector<float>& p = agg_ws_.probs;
   const std::vector<float>& w = agg_ws_.logits;
   const float eps = static_cast<float>(c_.parscale_attn_smooth);
-  std::vector<float> dw(static_cast<size_t>(M * P));
+  std::vector<float>& dw = agg_dw_;
+  grow(dw, M * P);
   // out[m] = Σ_s w[m,s]·hn[s][m]
   for (int64_t m = 0; m < M; ++m)
     for (int64_t s = 0; s < P; ++s) {
@@ -348,7 +351,10 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
       }
       dw[static_cast<size_t>(m * P + s)] = acc;
     }
-  std::vector<float> dlog(static_cast<size_t>(M * P)), da(static_cast<size_t>(M * H)), dconcat(static_cast<size_t>(M * P * H));
+  std::vector<float>&dlog = agg_dlog_, &da = agg_da_, &dconcat = agg_dconcat_;
+  grow(dlog, M * P);
+  grow(da, M * H);
+  grow(dconcat, M * P * H);
   kb::smoothed_softmax_backward(p.data(), dw.data(), dlog.data(), M, P, eps);
   if (float* g2 = g.get(agg2_w_)) kb::matmul_backward_weight(dlog.data(), a.data(), M, P, H, g2, g.get(agg2_b_));
   kb::matmul_backward_input(dlog.data(), M, w_.adapter->aggregate2.f32(), P, H, da.data(), false);
@@ -361,11 +367,16 @@ void TrainModel::aggregate_backward(const float* dagg, float* dhn, Gradients& g)
 }
 
 double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, float loss_scale, Gradients* grads) {
+  const kb::TrainingGemmScope sgemm;  // fp32 products on oneDNN's sgemm where built with it
   setup(B, L, /*backward=*/grads != nullptr);
   run_forward(ids);
   // Rows with a target: (b, t < L−1), gathered contiguously.
   const int64_t MT = B * (L - 1);
-  std::vector<float> A(static_cast<size_t>(std::max<int64_t>(MT, 1) * H_)), dA;
+  // Buffers are members, grown once (no allocation per step once the shapes repeat).
+  std::vector<float>& A = head_in_;
+  std::vector<float>& dA = dhead_in_;
+  std::vector<float>& logits = logits_;
+  grow(A, std::max<int64_t>(MT, 1) * H_);
   targets_.resize(static_cast<size_t>(std::max<int64_t>(MT, 1)));
   for (int64_t b = 0, j = 0; b < B; ++b)
     for (int64_t t = 0; t + 1 < L; ++t, ++j) {
@@ -373,9 +384,12 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
       targets_[static_cast<size_t>(j)] = ids[b * L + t + 1];
     }
   float* glm = grads ? grads->get(lm_idx_) : nullptr;
-  if (grads) dA.assign(A.size(), 0.0f);
+  if (grads) {
+    grow(dA, std::max<int64_t>(MT, 1) * H_);
+    std::fill_n(dA.begin(), std::max<int64_t>(MT, 1) * H_, 0.0f);
+  }
   const int64_t head_chunk = head_chunk_rows(V_);
-  std::vector<float> logits(static_cast<size_t>(head_chunk * V_));
+  grow(logits, head_chunk * V_);
   grow(row_loss_, head_chunk);
   double loss = 0.0;
   for (int64_t r0 = 0; r0 < MT; r0 += head_chunk) {
@@ -392,10 +406,15 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
   if (!grads) return loss;
 
   Gradients& g = *grads;
-  std::vector<float> dagg(static_cast<size_t>(M_ * H_), 0.0f);
+  std::vector<float>& dagg = dagg_;
+  grow(dagg, M_ * H_);
+  std::fill_n(dagg.begin(), M_ * H_, 0.0f);  // rows without a target keep a zero gradient
   for (int64_t b = 0, j = 0; b < B; ++b)
     for (int64_t t = 0; t + 1 < L; ++t, ++j) std::copy_n(dA.data() + j * H_, H_, dagg.data() + (b * L + t) * H_);
-  std::vector<float> dx(static_cast<size_t>(N_ * H_)), dhn(static_cast<size_t>(N_ * H_));
+  std::vector<float>& dx = dx_;
+  std::vector<float>& dhn = dhn_;
+  grow(dx, N_ * H_);
+  grow(dhn, N_ * H_);
   aggregate_backward(dagg.data(), dhn.data(), g);
   // The final RMSNorm's input is xs_[NL].
   kb::rmsnorm_backward(xs_[static_cast<size_t>(NL_)].data(), w_.bb().final_norm, dhn.data(), dx.data(), g.get(final_norm_idx_), N_,
@@ -419,6 +438,7 @@ double TrainModel::forward_backward(const int32_t* ids, int64_t B, int64_t L, fl
 }
 
 void TrainModel::forward_logits(const int32_t* ids, int64_t B, int64_t L, std::vector<float>& logits) {
+  const kb::TrainingGemmScope sgemm;  // the same products as forward_backward's
   setup(B, L);
   run_forward(ids);
   logits.resize(static_cast<size_t>(M_ * V_));

@@ -117,6 +117,8 @@ class TrainModel {
   // Gradient scratch.
   std::vector<float> dxn_, dattn_, dq_, dk_, dv_, dkbuf_, dvbuf_, dact_, rstd_;
   std::vector<double> row_loss_;
+  // forward_backward's and aggregate_backward's per-step buffers (grown, never shrunk).
+  std::vector<float> head_in_, dhead_in_, logits_, dagg_, dx_, dhn_, agg_dw_, agg_dlog_, agg_da_, agg_dconcat_;
   // Capture of pre-RoPE K/V (capture_kv).
   std::vector<std::vector<float>>* cap_k_ = nullptr;
   std::vector<std::vector<float>>* cap_v_ = nullptr;
