@@ -297,6 +297,76 @@ TEST(BackwardOps, CrossEntropy) {
   EXPECT_LT(max_diff(xf, g), kF32Tol);
 }
 
+// The float copies compute exp without libm (16 lanes, then a scalar tail): across the whole range
+// of their arguments, including where they clamp (below e^-87, above e^88), against the double
+// copies; and bit for bit whatever the thread count.
+TEST(BackwardOps, FloatExpPathsOverTheirWholeRange) {
+  const int64_t n = 16 * 70 + 11;
+  Vec g(n), u = randn(n, 71), R = randn(n, 72);
+  for (int64_t i = 0; i < n; ++i) g[i] = -120.0 + 240.0 * static_cast<double>(i) / (n - 1);  // sigmoid saturates at both ends
+  Vec dg(n), du(n);
+  kb::swiglu_backward(g.data(), u.data(), R.data(), dg.data(), du.data(), n);
+  auto gf = to_f(g), uf = to_f(u), Rf = to_f(R);
+  auto swiglu_f = [&](int threads, std::vector<float>& dgf, std::vector<float>& duf) {
+    const int keep = parscale::num_threads();
+    parscale::set_num_threads(threads);
+    dgf.assign(n, 0.f);
+    duf.assign(n, 0.f);
+    kb::swiglu_backward(gf.data(), uf.data(), Rf.data(), dgf.data(), duf.data(), n);
+    parscale::set_num_threads(keep);
+  };
+  std::vector<float> dg1, du1, dg3, du3;
+  swiglu_f(1, dg1, du1);
+  swiglu_f(3, dg3, du3);
+  EXPECT_LT(max_diff(dg1, dg), kF32Tol);
+  EXPECT_LT(max_diff(du1, du), kF32Tol);
+  EXPECT_EQ(dg1, dg3);
+  EXPECT_EQ(du1, du3);
+
+  // Cross-entropy over a vocabulary of 16·300 + 7 with logits spread over ±60 (exp down to e^-120).
+  const int64_t M = 5, V = 16 * 300 + 7;
+  Vec x = randn(M * V, 73, 20.0);
+  for (double& v : x) v = static_cast<float>(v);  // the same inputs for both copies
+  std::vector<int32_t> target = {0, 17, V - 1, -1, 4000};
+  std::vector<double> rl(M);
+  Vec gd = x;
+  const double loss = kb::cross_entropy_forward_backward(gd.data(), target.data(), M, V, 1.0, rl.data());
+  auto ce_f = [&](int threads, std::vector<float>& gf2) {
+    const int keep = parscale::num_threads();
+    parscale::set_num_threads(threads);
+    gf2 = to_f(x);
+    std::vector<double> rlf(M);
+    const double lf = kb::cross_entropy_forward_backward(gf2.data(), target.data(), M, V, 1.0f, rlf.data());
+    parscale::set_num_threads(keep);
+    return lf;
+  };
+  std::vector<float> g1, g3;
+  const double l1 = ce_f(1, g1), l3 = ce_f(3, g3);
+  EXPECT_NEAR(l1, loss, 1e-4 * std::max(1.0, std::abs(loss)));
+  EXPECT_LT(max_diff(g1, gd), kF32Tol);
+  // Element by element against the same float arithmetic on libm's expf: within a few float
+  // roundings (relative), or below what the clamp at e^-87 can leave (absolute).
+  double worst_rel = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    if (target[m] < 0) continue;
+    std::vector<float> row(x.begin() + m * V, x.begin() + (m + 1) * V);
+    float mx = row[0];
+    for (float v : row) mx = std::max(mx, v);
+    double sum = 0;
+    for (float& v : row) sum += (v = std::exp(v - mx));
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t i = 0; i < V; ++i) {
+      if (i == target[m]) continue;  // p − 1: absolute error only (checked above)
+      const double want = row[i] * inv, got = g1[m * V + i];
+      if (want > 1e-30) worst_rel = std::max(worst_rel, std::abs(got - want) / want);
+      else EXPECT_LT(got, 1e-30) << m << " " << i;
+    }
+  }
+  EXPECT_LT(worst_rel, 1e-6);
+  EXPECT_EQ(l1, l3);
+  EXPECT_EQ(g1, g3);
+}
+
 TEST(BackwardOps, SmoothedSoftmax) {
   const int64_t M = 3, P = 4;
   const double eps = 0.05;

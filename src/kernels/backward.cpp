@@ -15,6 +15,10 @@
 #include "kernels/gemm_f32.h"
 #include "kernels/kernels.h"
 
+// The 16-float vector helpers of backward_impl.inc are always inlined: no vector crosses a call, so
+// GCC's note that their ABI differs between the copies does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace parscale::kernels {
 
 namespace bw_scalar {
