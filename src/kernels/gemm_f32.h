@@ -3,8 +3,9 @@
 // Our own fp32 kernels (matmul.cpp's SIMD paths, backward.cpp's register tiles) reach 50-60 % of
 // the FMA peak on the training shapes; oneDNN's sgemm 85-95 % (docs/TRAINING.md). Inference keeps
 // our kernels (their rows are batch invariant, tested); training holds a TrainingGemmScope, and
-// while one is alive (and the kernel path is the CPU's best, not forced lower) the fp32 products (kernels::matmul / matmul_add / matmul_multi on F32
-// weights, matmul_backward_input / matmul_backward_weight on float) go to sgemm_tiled.
+// while one is alive (and the kernel path is the CPU's best, not forced lower) the fp32 products
+// (kernels::matmul / matmul_add / matmul_multi on F32 weights, matmul_backward_input /
+// matmul_backward_weight on float) go to sgemm_tiled.
 //
 // Invariants of sgemm_tiled: the output is cut into tiles whose sizes depend on the shape alone,
 // and each tile is one single-threaded sgemm call run inside one pool block, so the result does
