@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -322,6 +323,15 @@ TEST(BackwardOps, FloatExpPathsOverTheirWholeRange) {
   EXPECT_LT(max_diff(du1, du), kF32Tol);
   EXPECT_EQ(dg1, dg3);
   EXPECT_EQ(du1, du3);
+  // A NaN (a diverged step) stays a NaN in its own element, vector lane or scalar tail alike.
+  for (int64_t at : {int64_t{5}, n - 3}) {
+    auto gn = gf;
+    gn[static_cast<size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> dgn(n), dun(n);
+    kb::swiglu_backward(gn.data(), uf.data(), Rf.data(), dgn.data(), dun.data(), n);
+    EXPECT_TRUE(std::isnan(dgn[static_cast<size_t>(at)]) && std::isnan(dun[static_cast<size_t>(at)])) << at;
+    EXPECT_EQ(dgn[static_cast<size_t>(at) - 1], dg1[static_cast<size_t>(at) - 1]);
+  }
 
   // Cross-entropy over a vocabulary of 16·300 + 7 with logits spread over ±60 (exp down to e^-120).
   const int64_t M = 5, V = 16 * 300 + 7;
