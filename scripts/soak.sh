@@ -23,7 +23,8 @@ if [ -n "${SOAK_RELEASE:-}" ]; then
 else
   dir=build-asan
   [ -f "$dir/build.ninja" ] ||
-    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARSCALE_SANITIZE=ON -DPARSCALE_BUILD_BENCH=OFF "${launcher[@]}" >/dev/null
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARSCALE_SANITIZE=ON -DPARSCALE_BUILD_BENCH=OFF \
+      -DBUILD_SHARED_LIBS=ON "${launcher[@]}" >/dev/null
 fi
 cmake --build "$dir" -j"$(nproc)" --target parscale
 logs=$dir/soak
