@@ -143,7 +143,6 @@ TEST(GemmF32, ScopeRoutesTheTrainersProductsAndOnlyThem) {
 }
 
 TEST(GemmF32, ForcedKernelPathKeepsOurKernels) {
-  if (!kb::kernel_path_supported(kb::KernelPath::Scalar)) GTEST_SKIP();
   const kb::KernelPath keep = kb::active_kernel_path();
   const kb::TrainingGemmScope scope;
   if (kb::best_kernel_path() != kb::KernelPath::Scalar) {

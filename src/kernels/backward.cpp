@@ -67,21 +67,26 @@ void matmul_backward_input(const T* dy, int64_t M, const T* W, int64_t N, int64_
   PARSCALE_BACKWARD_DISPATCH(matmul_backward_input, dy, M, W, N, K, dx, accumulate);
 }
 
+namespace {
+template <typename T>
+void weight_gradient(const T* dy, const T* x, int64_t M, int64_t N, int64_t K, T* dW) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (training_gemm_active()) return sgemm_tiled(true, false, N, K, M, dy, N, x, K, 1.0f, dW, K);
+  }
+  PARSCALE_BACKWARD_DISPATCH(matmul_backward_weight, dy, x, M, N, K, dW);
+}
+}  // namespace
+
 template <typename T>
 void matmul_backward_weight(const T* dy, const T* x, int64_t M, int64_t N, int64_t K, T* dW, T* db) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (training_gemm_active()) {
-      sgemm_tiled(true, false, N, K, M, dy, N, x, K, 1.0f, dW, K);
-      if (db)
-        parallel_for_each(N, grain_if(M * N > 65536, N), [&](int64_t n) {
-          T s = T(0);
-          for (int64_t m = 0; m < M; ++m) s += dy[m * N + n];
-          db[n] += s;
-        });
-      return;
-    }
-  }
-  PARSCALE_BACKWARD_DISPATCH(matmul_backward_weight, dy, x, M, N, K, dW, db);
+  weight_gradient(dy, x, M, N, K, dW);
+  if (!db) return;
+  // db[n] += Σ_m dy[m, n], each column summed in order (plain adds: the same bits on every path).
+  parallel_for_each(N, grain_if(M * N > 65536, N), [&](int64_t n) {
+    T s = T(0);
+    for (int64_t m = 0; m < M; ++m) s += dy[m * N + n];
+    db[n] += s;
+  });
 }
 
 template <typename T>

@@ -337,7 +337,7 @@ void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
   for (int i = 0; i < count; ++i) bf16dot = bf16dot && detail::use_bf16dot(*outs[i].W) && outs[i].W->cols == outs[0].W->cols;
   if (bf16dot) return detail::matmul_multi_bf16dot(x, M, outs, count);
   bool training = count > 0;
-  for (int i = 0; i < count; ++i) training = training && training_f32(*outs[i].W) && outs[i].W->cols == outs[0].W->cols;
+  for (int i = 0; i < count; ++i) training = training && training_f32(*outs[i].W);
   if (training) {
     for (int i = 0; i < count; ++i) matmul_training(x, M, *outs[i].W, outs[i].bias, outs[i].y, false);
     return;

@@ -1,7 +1,7 @@
 // The trainer's fp32 matrix products on oneDNN's sgemm (Debian libdnnl-dev), where built with it.
 //
 // Our own fp32 kernels (matmul.cpp's SIMD paths, backward.cpp's register tiles) reach 50-60 % of
-// the FMA peak on the training shapes; oneDNN's sgemm 85-95 % (docs/TRAINING.md). Inference keeps
+// the FMA peak on the training shapes; oneDNN's sgemm 83-96 % (docs/TRAINING.md). Inference keeps
 // our kernels (their rows are batch invariant, tested); training holds a TrainingGemmScope, and
 // while one is alive (and the kernel path is the CPU's best, not forced lower) the fp32 products
 // (kernels::matmul / matmul_add / matmul_multi on F32 weights, matmul_backward_input /
