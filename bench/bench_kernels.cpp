@@ -101,6 +101,49 @@ void BM_Attention(benchmark::State& state) {
 }
 BENCHMARK(BM_Attention)->ArgNames({"N", "ctx"})->ArgsProduct({{1, 8}, {512, 4096}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 
+// Paged attention as the serving engine runs it. Args: query rows N (each its own sequence: decode
+// of N stream rows), real slots per row, KV dtype (0 f32, 1 bf16); 16 heads, 2 kv heads, D = 96,
+// 48 fp32 prefix slots, pages of 64. Counter: attention FLOP/s (QK and PV, 4·D per head and slot).
+void BM_AttentionPaged(benchmark::State& state) {
+  const int64_t N = state.range(0), ctx = state.range(1), H = 16, KVH = 2, D = 96, PT = 64, T = 48;
+  const DType dt = state.range(2) ? DType::BF16 : DType::F32;
+  const int64_t pages_per_row = (ctx + PT - 1) / PT;
+  std::vector<uint8_t> k(static_cast<size_t>(N * pages_per_row * KVH * PT * D) * dtype_size(dt)), v(k.size());
+  std::mt19937 g(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  kernels::PagedKV kv{k.data(), v.data(), dt, KVH, PT, D};
+  std::vector<float> prefix(static_cast<size_t>(N * KVH * T * D));
+  for (auto& x : prefix) x = nd(g);
+  std::vector<std::vector<int32_t>> tables(static_cast<size_t>(N));
+  std::vector<float> kt(static_cast<size_t>(KVH * D)), vt(kt.size());
+  std::vector<kernels::KvView> views(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) {
+    auto& t = tables[static_cast<size_t>(i)];
+    for (int64_t p = 0; p < pages_per_row; ++p) t.push_back(static_cast<int32_t>(i * pages_per_row + p));
+    for (int64_t j = 0; j < ctx; ++j) {
+      for (auto& x : kt) x = nd(g);
+      for (auto& x : vt) x = nd(g);
+      kernels::kv_write(kv, t.data(), j, kt.data(), vt.data());
+    }
+    kernels::KvView& view = views[static_cast<size_t>(i)];
+    view.prefix_k = view.prefix_v = prefix.data() + i * KVH * T * D;
+    view.prefix_head_stride = T * D;
+    view.n_prefix = static_cast<int32_t>(T);
+    view.n_real = static_cast<int32_t>(ctx);
+    view.pages = t.data();
+  }
+  std::vector<float> q(static_cast<size_t>(N * H * D)), out(q.size());
+  for (auto& x : q) x = nd(g);
+  for (auto _ : state) {
+    kernels::attention_paged(q.data(), N, H, views.data(), kv, 0.1f, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(std::string(kernels::kernel_path_name(kernels::active_kernel_path())) + " kv " + dtype_name(dt));
+  state.counters["GFLOPs"] =
+      benchmark::Counter(4.0 * static_cast<double>(N * H * (ctx + T) * D) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_AttentionPaged)->ArgNames({"N", "ctx", "bf16"})->ArgsProduct({{1, 8, 64}, {128, 600, 2000}, {0, 1}})->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 void BM_Swiglu(benchmark::State& state) {
   const int64_t n = state.range(0);
   std::vector<float> g(static_cast<size_t>(n), 0.3f), u(static_cast<size_t>(n), 0.7f);

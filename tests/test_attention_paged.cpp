@@ -88,6 +88,13 @@ const std::vector<Case> kCases = {
     {6, 3, 12, 64, 0, {1, 64, 65, 130}},     // no prefix, block-sized pages, D not a vector multiple
     {8, 1, 32, 16, 48, {7, 33, 200}},        // MQA, prefix 48 (several blocks), long context
     {2, 2, 8, 5, 1, {1, 2, 11}},             // odd page size
+    // Head dims of whole vectors take the register-tiled blocks: 4-head score tiles with head
+    // tails, values in passes of several heads, blocks whose key count is not a multiple of 4,
+    // the next block prefetched across pages.
+    {16, 2, 96, 64, 48, {1, 63, 130, 257}},  // the 1.8B shape: G = 8, D = 96
+    {12, 2, 96, 64, 5, {3, 66}},             // G = 6: one 4-head tile + 2 tail heads
+    {12, 2, 128, 32, 0, {1, 33, 97}},        // G = 6, D = 128 (3-head value passes on AVX-512)
+    {20, 4, 64, 16, 7, {5, 40}},             // G = 5, D = 64
 };
 
 }  // namespace
@@ -109,6 +116,33 @@ TEST(AttentionPaged, MatchesReferenceOnEveryPathAndKvDtype) {
         for (size_t i = 0; i < got.size(); ++i) max_err = std::max(max_err, std::fabs(static_cast<double>(got[i]) - want[i]));
         EXPECT_LT(max_err, 2e-5) << kernel_path_name(path) << " " << dtype_name(dt) << " case " << ci;
         for (float x : lse) EXPECT_TRUE(std::isfinite(x));
+      }
+    }
+  }
+}
+
+TEST(AttentionPaged, TiledBlockEqualsGenericBlockBitForBit) {
+  PathGuard guard;
+  struct TilingGuard {
+    ~TilingGuard() { set_attention_tiling(true); }
+  } tiling_guard;
+  for (KernelPath path : test::supported_paths()) {
+    if (path == KernelPath::Scalar) continue;
+    set_kernel_path(path);
+    for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+      for (size_t ci = 0; ci < kCases.size(); ++ci) {
+        const Case& c = kCases[ci];
+        Fixture s = make(c, dt, 31 + ci);
+        const int64_t N = static_cast<int64_t>(c.n_real.size());
+        std::vector<float> tiled(s.q.size()), generic(s.q.size());
+        std::vector<float> lse_t(static_cast<size_t>(N * c.heads)), lse_g(lse_t.size());
+        set_attention_tiling(true);
+        attention_paged(s.q.data(), N, c.heads, s.views.data(), s.kv, 0.3f, tiled.data(), lse_t.data());
+        set_attention_tiling(false);
+        attention_paged(s.q.data(), N, c.heads, s.views.data(), s.kv, 0.3f, generic.data(), lse_g.data());
+        for (size_t i = 0; i < tiled.size(); ++i)
+          ASSERT_EQ(tiled[i], generic[i]) << kernel_path_name(path) << " " << dtype_name(dt) << " case " << ci << " element " << i;
+        for (size_t i = 0; i < lse_t.size(); ++i) ASSERT_EQ(lse_t[i], lse_g[i]);
       }
     }
   }

@@ -257,6 +257,13 @@ KernelPath best_kernel_path() {
   return KernelPath::Scalar;
 }
 
+namespace {
+std::atomic<bool> g_attention_tiling{true};
+}  // namespace
+
+void set_attention_tiling(bool enabled) { g_attention_tiling.store(enabled, std::memory_order_relaxed); }
+bool attention_tiling() { return g_attention_tiling.load(std::memory_order_relaxed); }
+
 KernelPath active_kernel_path() { return detail::active().path; }
 
 void set_kernel_path(KernelPath p) {

@@ -169,6 +169,12 @@ void attention_paged(const float* q, int64_t N, int64_t n_heads, const KvView* v
                      float* out, float* lse = nullptr);
 void attention_paged_ref(const float* q, int64_t N, int64_t n_heads, const KvView* views, const PagedKV& kv, float scale,
                          float* out);
+// The SIMD paths run head dims of whole vectors (64, 96, 128, ...) through a register-tiled block
+// that prefetches the next block's K/V rows, others through a generic block. Both do the same
+// arithmetic in the same order (the same bits); false sends every head dim through the generic
+// one (tests and benchmarks compare them). Process-wide; default true.
+void set_attention_tiling(bool enabled);
+bool attention_tiling();
 
 // Writes one token's K and V heads (k, v: [n_kv_heads * D] fp32) into real slot `slot` of a
 // paged layer (converted to the pool's dtype).
