@@ -102,8 +102,10 @@ void BM_Attention(benchmark::State& state) {
 BENCHMARK(BM_Attention)->ArgNames({"N", "ctx"})->ArgsProduct({{1, 8}, {512, 4096}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // Paged attention as the serving engine runs it. Args: query rows N (each its own sequence: decode
-// of N stream rows), real slots per row, KV dtype (0 f32, 1 bf16); 16 heads, 2 kv heads, D = 96,
-// 48 fp32 prefix slots, pages of 64. Counter: attention FLOP/s (QK and PV, 4·D per head and slot).
+// of N stream rows), real slots per row, KV dtype (0 f32, 1 bf16), tiled (1: the register-tiled
+// block, the default; 0: the generic one, set_attention_tiling(false)); 16 heads, 2 kv heads,
+// D = 96, 48 fp32 prefix slots, pages of 64. Counter: attention FLOP/s (QK and PV, 4·D per head and
+// slot). Rows past ~8 at 2,000 slots no longer fit the last-level cache: KV comes from DRAM.
 void BM_AttentionPaged(benchmark::State& state) {
   const int64_t N = state.range(0), ctx = state.range(1), H = 16, KVH = 2, D = 96, PT = 64, T = 48;
   const DType dt = state.range(2) ? DType::BF16 : DType::F32;
@@ -134,15 +136,18 @@ void BM_AttentionPaged(benchmark::State& state) {
   }
   std::vector<float> q(static_cast<size_t>(N * H * D)), out(q.size());
   for (auto& x : q) x = nd(g);
+  kernels::set_attention_tiling(state.range(3) != 0);
   for (auto _ : state) {
     kernels::attention_paged(q.data(), N, H, views.data(), kv, 0.1f, out.data());
     benchmark::DoNotOptimize(out.data());
   }
-  state.SetLabel(std::string(kernels::kernel_path_name(kernels::active_kernel_path())) + " kv " + dtype_name(dt));
+  kernels::set_attention_tiling(true);
+  state.SetLabel(std::string(kernels::kernel_path_name(kernels::active_kernel_path())) + " kv " + dtype_name(dt) +
+                 (state.range(3) ? " tiled" : " generic"));
   state.counters["GFLOPs"] =
       benchmark::Counter(4.0 * static_cast<double>(N * H * (ctx + T) * D) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_AttentionPaged)->ArgNames({"N", "ctx", "bf16"})->ArgsProduct({{1, 8, 64}, {128, 600, 2000}, {0, 1}})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_AttentionPaged)->ArgNames({"N", "ctx", "bf16", "tiled"})->ArgsProduct({{1, 8, 64}, {128, 600, 2000}, {0, 1}, {0, 1}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 void BM_Swiglu(benchmark::State& state) {
   const int64_t n = state.range(0);
