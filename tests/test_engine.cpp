@@ -216,6 +216,7 @@ TEST(EngineDemo, PreemptionAndChunkingKeepEveryOutput) {
     r.max_tokens = i == 3 ? 10 : 30;
     r.sampling.temperature = i % 2 ? 0.9f : 0.0f;
     r.sampling.seed = 50 + static_cast<uint64_t>(i);
+    r.top_logprobs = i == 2 ? -1 : 0;  // logprobs compared below (and one request without)
     r.ignore_eos = true;
     reqs.push_back(r);
   }

@@ -169,6 +169,30 @@ TEST(Scheduler, GeneratesMaxTokensWithLogprobs) {
   EXPECT_EQ(h.pool.pages_free(), h.pool.pages_total());
 }
 
+TEST(Scheduler, LogprobsOnlyWhenAsked) {
+  // top_logprobs < 0: no log-softmax over the vocabulary (logprob stays 0, no alternatives); the
+  // tokens are the same as with the logprobs asked for.
+  Harness h(64, 4, 32);
+  EngineRequest asked = request(1, iota_tokens(10, 3), 5, 0.7f, 9);
+  asked.top_logprobs = 0;
+  EngineRequest plain = asked;
+  plain.top_logprobs = -1;
+  auto a = h.submit(asked);
+  auto b = h.submit(plain);
+  h.run();
+  Result ra, rb;
+  drain(*a, ra);
+  drain(*b, rb);
+  ASSERT_EQ(ra.ids(), rb.ids());
+  ASSERT_EQ(ra.tokens.size(), 5u);
+  for (size_t i = 0; i < ra.tokens.size(); ++i) {
+    EXPECT_LT(ra.tokens[i].logprob, 0.0f);
+    EXPECT_TRUE(ra.tokens[i].top.empty());
+    EXPECT_EQ(rb.tokens[i].logprob, 0.0f);
+    EXPECT_TRUE(rb.tokens[i].top.empty());
+  }
+}
+
 TEST(Scheduler, StopsAtEosUnlessIgnored) {
   const EngineRequest base = request(0, iota_tokens(6, 1), 8);
   const Result free_run = solo(base);
@@ -191,7 +215,9 @@ TEST(Scheduler, PromptLogprobsMatchTheGeneratedTokensLogprob) {
   // Greedy token t after prompt X has logprob l; then X + [t] with prompt_logprobs reports l
   // for its last prompt token.
   const std::vector<int32_t> x = iota_tokens(9, 5);
-  const Result gen = solo(request(2, x, 1));
+  EngineRequest g = request(2, x, 1);
+  g.top_logprobs = 0;
+  const Result gen = solo(g);
   ASSERT_EQ(gen.tokens.size(), 1u);
   std::vector<int32_t> x2 = x;
   x2.push_back(gen.tokens[0].token);
@@ -382,7 +408,8 @@ TEST(Scheduler, PrefixCacheComputesOnlyTheNewTokens) {
   EXPECT_EQ(rows0, 2 * (100 + 2));
   EXPECT_EQ(h.sched->cached_pages(), 2 * 12);
 
-  const EngineRequest rb = request(1, pb, 3, 0.7f, 5);
+  EngineRequest rb = request(1, pb, 3, 0.7f, 5);
+  rb.top_logprobs = 0;  // the chosen tokens' logprobs, compared below
   auto b = h.submit(rb);
   h.run();
   EXPECT_EQ(h.runner->rows - rows0, 2 * (10 + 2));  // only the 10 new prompt tokens + 2 decodes
@@ -485,6 +512,7 @@ TEST(Scheduler, RandomTracesKeepPagesAndOutputs) {
       r.sampling.top_k = static_cast<int64_t>(rng() % 3) * 5;
       r.sampling.seed = rng();
       r.prompt_logprobs = rng() % 5 == 0;
+      r.top_logprobs = rng() % 4 == 0 ? -1 : 0;  // mostly with the chosen tokens' logprobs, compared below
       reqs.push_back(r);
       handles.push_back(h.submit(r));
       results.emplace_back();

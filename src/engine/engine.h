@@ -106,7 +106,8 @@ struct EngineEvent {
   };
   Kind kind = Kind::Token;
   // Token: the id, its log-probability under the model's distribution (log-softmax of the raw
-  // logits, before sampling processors), `top` alternatives (descending), stream weights [P].
+  // logits, before sampling processors; only when the request's top_logprobs >= 0, else 0), `top`
+  // alternatives (descending), stream weights [P].
   int32_t token = -1;
   float logprob = 0.0f;
   std::vector<TokenLogprob> top;

@@ -378,8 +378,9 @@ bool Scheduler::pick(Sequence& seq, const float* logits, std::vector<float>& scr
   try {
     // Presence / frequency penalties count the generated tokens only.
     e.token = seq.sampler.sample(scratch.data(), vocab_, seq.tokens, static_cast<size_t>(seq.prompt_len));
-    e.logprob = logprob_and_top(logits, vocab_, std::max(0, seq.req.top_logprobs), e.token,
-                                seq.req.top_logprobs > 0 ? &e.top : nullptr);
+    // The log-softmax over the vocabulary only when asked (top_logprobs >= 0): O(V) exps a token.
+    if (seq.req.top_logprobs >= 0)
+      e.logprob = logprob_and_top(logits, vocab_, seq.req.top_logprobs, e.token, seq.req.top_logprobs > 0 ? &e.top : nullptr);
   } catch (const Error& err) {
     e.error = std::string("the model's logits for the next token are broken: ") + err.what();
     return false;
