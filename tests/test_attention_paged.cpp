@@ -95,6 +95,9 @@ const std::vector<Case> kCases = {
     {12, 2, 96, 64, 5, {3, 66}},             // G = 6: one 4-head tile + 2 tail heads
     {12, 2, 128, 32, 0, {1, 33, 97}},        // G = 6, D = 128 (3-head value passes on AVX-512)
     {20, 4, 64, 16, 7, {5, 40}},             // G = 5, D = 64
+    {8, 2, 48, 16, 5, {3, 70}},              // D = 48: whole vectors on AVX2 only
+    {4, 1, 256, 32, 0, {1, 37}},             // D = 256: 16 vectors on AVX-512
+    {4, 2, 192, 64, 3, {2, 65}},             // D = 192: 12 vectors on AVX-512
 };
 
 }  // namespace
@@ -137,8 +140,13 @@ TEST(AttentionPaged, TiledBlockEqualsGenericBlockBitForBit) {
         std::vector<float> tiled(s.q.size()), generic(s.q.size());
         std::vector<float> lse_t(static_cast<size_t>(N * c.heads)), lse_g(lse_t.size());
         set_attention_tiling(true);
+        // The real head dims (and D = 256 on AVX-512) do take the tiled block; an odd one does not.
+        if (c.D == 64 || c.D == 96 || c.D == 128 || (c.D == 256 && path == KernelPath::AVX512))
+          EXPECT_TRUE(attention_tiled(c.D)) << kernel_path_name(path) << " D " << c.D;
+        if (c.D == 12) EXPECT_FALSE(attention_tiled(c.D));
         attention_paged(s.q.data(), N, c.heads, s.views.data(), s.kv, 0.3f, tiled.data(), lse_t.data());
         set_attention_tiling(false);
+        EXPECT_FALSE(attention_tiled(c.D));
         attention_paged(s.q.data(), N, c.heads, s.views.data(), s.kv, 0.3f, generic.data(), lse_g.data());
         for (size_t i = 0; i < tiled.size(); ++i)
           ASSERT_EQ(tiled[i], generic[i]) << kernel_path_name(path) << " " << dtype_name(dt) << " case " << ci << " element " << i;

@@ -288,6 +288,7 @@ TEST(EngineDemo, PrefixCacheComputesOnlyTheNewTokens) {
   const auto tail = random_tokens(rng, 20, V);
   b.prompt.insert(b.prompt.end(), tail.begin(), tail.end());
   a.max_tokens = b.max_tokens = 4;
+  a.top_logprobs = b.top_logprobs = 0;  // the chosen tokens' logprobs, compared below
   a.sampling.temperature = 0.0f;
   b.sampling.temperature = 0.7f;
   b.sampling.seed = 3;

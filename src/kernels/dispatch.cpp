@@ -29,7 +29,7 @@ namespace detail {
 const KernelTable& scalar_table() {
   static const KernelTable t{KernelPath::Scalar, matmul_scalar,       attention_paged_scalar, rmsnorm_scalar,
                              swiglu_scalar,      fma_chains_scalar,   1,                    read_sum_scalar,
-                             matmul_multi_scalar, gate_up_swiglu_scalar};
+                             matmul_multi_scalar, gate_up_swiglu_scalar, [](int64_t) { return false; }};
   return t;
 }
 
@@ -263,6 +263,7 @@ std::atomic<bool> g_attention_tiling{true};
 
 void set_attention_tiling(bool enabled) { g_attention_tiling.store(enabled, std::memory_order_relaxed); }
 bool attention_tiling() { return g_attention_tiling.load(std::memory_order_relaxed); }
+bool attention_tiled(int64_t head_dim) { return detail::active().attention_tiled(head_dim); }
 
 KernelPath active_kernel_path() { return detail::active().path; }
 

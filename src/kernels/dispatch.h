@@ -23,6 +23,7 @@ struct KernelTable {
   void (*matmul_multi)(const float* x, int64_t M, const MatmulOut* outs, int count);
   void (*gate_up_swiglu)(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
                          float* out);
+  bool (*attention_tiled)(int64_t head_dim);  // attention_paged takes the register-tiled block for this D
 };
 
 const KernelTable& scalar_table();

@@ -175,6 +175,8 @@ void attention_paged_ref(const float* q, int64_t N, int64_t n_heads, const KvVie
 // one (tests and benchmarks compare them). Process-wide; default true.
 void set_attention_tiling(bool enabled);
 bool attention_tiling();
+// Whether attention_paged on the active path runs head dim D through the tiled block now.
+bool attention_tiled(int64_t head_dim);
 
 // Writes one token's K and V heads (k, v: [n_kv_heads * D] fp32) into real slot `slot` of a
 // paged layer (converted to the pool's dtype).
