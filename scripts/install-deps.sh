@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that building and testing parscale needs.
-# Safe to re-run: packages already present are skipped by apt.
+# Safe to re-run: packages already present are skipped by apt. ocl-icd-opencl-dev is only a
+# Recommends of libdnnl-dev, but Debian's dnnl-config.cmake requires OpenCL (its GPU runtime).
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
       libpcre2-dev libutf8proc-dev libnlopt-cxx-dev libnlopt-dev
       libopenmpi-dev openmpi-bin libcpp-httplib-dev gnuplot-nox
-      nodejs npm chromium libdnnl-dev)
+      nodejs npm chromium libdnnl-dev ocl-icd-opencl-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
