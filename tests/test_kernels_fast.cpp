@@ -1,6 +1,5 @@
 // The fast compute mode: BF16 weights through the bf16 dot-product kernels (AVX512-BF16) against
 // their scalar reference matmul_bf16_ref (bf16-rounded x, exact products, double sums); q8 weights
-// with blocks of 32k on int8 activations (AVX512-VNNI) against matmul_q8i8_ref, other q8 blocks
 // (dequantized to bf16 per tile) against matmul_q8bf16_ref; batch invariance in fast mode; other
 // dtypes and q8 blocks not a multiple of 16 unchanged by the mode; mode names and parsing; BF16
 // weights packed for oneDNN (kernels/packed.h) against the same reference, row invariance across M
@@ -216,13 +215,12 @@ TEST_F(FastMode, Q8MatmulMatchesItsReference) {
   set_kernel_path(KernelPath::AVX512);
   set_compute_mode(ComputeMode::Fast);
   struct Shape { int64_t M, N, K, block; };
-  // Blocks not a multiple of 32 (those run on int8 activations, below): K past one 1024-column
-  // chunk, K not a multiple of 32 (48, 1040), M past one 96-row block, blocks of 16 and 48.
-  const Shape shapes[] = {{1, 7, 48, 16}, {1, 33, 96, 48}, {3, 17, 1040, 16}, {8, 64, 1536, 48}, {5, 13, 2064, 16},
-                          {37, 45, 96, 16}, {100, 20, 2112, 48}, {130, 18, 240, 48}};
+  // K past one 1024-column chunk, K not a multiple of 32 (48, 1040), M past one 96-row block,
+  // blocks of 16, 32 and 64.
+  const Shape shapes[] = {{1, 7, 48, 16}, {1, 33, 96, 32}, {3, 17, 1040, 16}, {8, 64, 1536, 32}, {5, 13, 2048, 64},
+                          {37, 45, 96, 32}, {100, 20, 2112, 32}, {130, 18, 256, 64}};
   for (const Shape& s : shapes) {
     Q8Weight w(s.N, s.K, s.block, 7u + static_cast<uint32_t>(s.K));
-    ASSERT_TRUE(uses_bf16dot(w.view));
     const auto x = randn(static_cast<size_t>(s.M * s.K), 8u + static_cast<uint32_t>(s.N));
     const auto bias = randn(static_cast<size_t>(s.N), 9u);
     std::vector<float> want(static_cast<size_t>(s.M * s.N)), got(want.size());
@@ -247,7 +245,7 @@ TEST_F(FastMode, Q8MultiAndGateUpSwigluRowsDoNotDependOnM) {
   set_kernel_path(KernelPath::AVX512);
   set_compute_mode(ComputeMode::Fast);
   const int64_t K = 1088, I = 45, kMaxM = 100;
-  Q8Weight a(50, K, 16, 51u), g(I, K, 16, 53u), u(I, K, 16, 54u);
+  Q8Weight a(50, K, 32, 51u), g(I, K, 32, 53u), u(I, K, 32, 54u);
   Bf16Weight b(9, K, 52u);  // a BF16 output beside q8 ones in one matmul_multi
   const auto x = randn(static_cast<size_t>(kMaxM * K), 55u);
   const auto bias = randn(50, 56u);
@@ -263,156 +261,6 @@ TEST_F(FastMode, Q8MultiAndGateUpSwigluRowsDoNotDependOnM) {
   for (size_t i = 0; i < sw1.size(); ++i) {
     const double gv = wg[i], want = gv / (1.0 + std::exp(-gv)) * wu[i];
     ASSERT_NEAR(sw1[i], want, 1e-4 * (1.0 + std::fabs(want))) << "q8 gate_up_swiglu " << i;
-  }
-}
-
-// Σ_k |x̂_k · ŵ_k| per output [M, N], x̂ and ŵ the dequantized int8 values (quantize_rows_q8_ref).
-std::vector<double> q8i8_magnitudes(const std::vector<float>& x, const WeightView& W, int64_t M) {
-  const int64_t N = W.rows, K = W.cols, nb = K / kActBlock, nbw = K / W.block;
-  std::vector<int8_t> xq(static_cast<size_t>(M * K));
-  std::vector<float> xs(static_cast<size_t>(M * nb));
-  quantize_rows_q8_ref(x.data(), M, K, xq.data(), xs.data());
-  const auto* w = static_cast<const int8_t*>(W.data);
-  std::vector<double> out(static_cast<size_t>(M * N));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) {
-      double s = 0.0;
-      for (int64_t k = 0; k < K; ++k)
-        s += std::fabs(static_cast<double>(xq[m * K + k]) * xs[m * nb + k / kActBlock] * w[n * K + k] * W.scales[n * nbw + k / W.block]);
-      out[static_cast<size_t>(m * N + n)] = s;
-    }
-  return out;
-}
-
-// |got - want| <= 1e-5 · Σ_k |x̂_k · ŵ_k| + 1e-6 per output: fp32 chains of K/64 per lane against
-// double sums. A wrong rounding of x, a wrong scale block, a dropped or doubled block is far
-// outside this.
-void expect_q8i8_close(const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& x,
-                       const WeightView& W, int64_t M, const std::string& what) {
-  const auto mag = q8i8_magnitudes(x, W, M);
-  for (size_t i = 0; i < mag.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5 * mag[i] + 1e-6) << what << " output " << i;
-}
-
-TEST(Q8Activations, ReferenceQuantizationRoundsToNearestEven) {
-  // amax 127: scale 1, so q = nearest-even(x) exactly.
-  std::vector<float> x(64, 0.0f);
-  const float v[] = {127.0f, 2.5f, 3.5f, -2.5f, -3.5f, 0.49f, -0.5f, 1.5f, -127.0f, 126.6f};
-  const int8_t want[] = {127, 2, 4, -2, -4, 0, 0, 2, -127, 127};
-  for (size_t i = 0; i < std::size(v); ++i) x[i] = v[i];
-  x[32] = -0.25f;  // second block: amax 0.25, scale 0.25 / 127
-  x[33] = 0.125f;
-  std::vector<int8_t> q(64);
-  std::vector<float> sc(2);
-  quantize_rows_q8_ref(x.data(), 1, 64, q.data(), sc.data());
-  for (size_t i = 0; i < std::size(v); ++i) EXPECT_EQ(q[i], want[i]) << i;
-  EXPECT_EQ(sc[0], 1.0f);
-  EXPECT_EQ(sc[1], 0.25f / 127.0f);
-  EXPECT_EQ(q[32], -127);
-  EXPECT_EQ(q[33], 64);  // 63.5 -> 64 (even)
-  // An all-zero block: scale 0, values 0.
-  std::vector<float> z(32, 0.0f);
-  quantize_rows_q8_ref(z.data(), 1, 32, q.data(), sc.data());
-  EXPECT_EQ(sc[0], 0.0f);
-  EXPECT_EQ(q[0], 0);
-  EXPECT_THROW(quantize_rows_q8_ref(z.data(), 1, 16, q.data(), sc.data()), Error);
-}
-
-// The kernel's quantization and products are exact where the scales are powers of two and the
-// sums small: then the kernel equals the reference bit for bit, which pins x's rounding (a
-// truncating or half-away-from-zero conversion would differ by whole units here).
-TEST_F(FastMode, Q8Int8ActivationsRoundAsTheReference) {
-  if (!int8dot_supported()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
-  set_kernel_path(KernelPath::AVX512);
-  set_compute_mode(ComputeMode::Fast);
-  const int64_t M = 3, N = 5, K = 96;
-  Q8Weight w(N, K, 32, 81u);
-  for (auto& s : w.scales) s = 0.5f;
-  std::vector<float> x(static_cast<size_t>(M * K));
-  std::mt19937 rng(82u);
-  std::uniform_int_distribution<int> d(-40, 40);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(d(rng)) + 0.5f;  // halves: the rounding shows
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t b = 0; b < K / 32; ++b) x[static_cast<size_t>(m * K + b * 32 + 7)] = (b % 2) ? -127.0f : 127.0f;  // scale 1
-  ASSERT_TRUE(uses_int8dot(w.view));
-  std::vector<float> got(static_cast<size_t>(M * N)), want(got.size());
-  matmul(x.data(), M, w.view, nullptr, got.data());
-  matmul_q8i8_ref(x.data(), M, w.view, nullptr, want.data());
-  EXPECT_TRUE(same_bits(got.data(), want.data(), M * N));
-}
-
-TEST_F(FastMode, Q8Int8MatmulMatchesItsReference) {
-  if (!int8dot_supported()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
-  set_kernel_path(KernelPath::AVX512);
-  set_compute_mode(ComputeMode::Fast);
-  struct Shape { int64_t M, N, K, block; };
-  // K past one 1024-column chunk and K % 64 == 32 (96, 1056), M past the 32-row decode limit and
-  // one 96-row block, blocks of 32, 64, 96 (a 64-column step across two blocks) and 128.
-  const Shape shapes[] = {{1, 7, 32, 32}, {1, 33, 96, 32}, {3, 17, 1056, 32}, {8, 64, 1536, 32}, {5, 13, 2048, 64},
-                          {37, 45, 96, 96}, {100, 20, 2112, 32}, {130, 18, 384, 128}, {33, 9, 1152, 96}, {2, 3, 64, 64}};
-  for (const Shape& s : shapes) {
-    Q8Weight w(s.N, s.K, s.block, 7u + static_cast<uint32_t>(s.K));
-    ASSERT_TRUE(uses_int8dot(w.view));
-    const auto x = randn(static_cast<size_t>(s.M * s.K), 8u + static_cast<uint32_t>(s.N));
-    const auto bias = randn(static_cast<size_t>(s.N), 9u);
-    std::vector<float> want(static_cast<size_t>(s.M * s.N)), got(want.size());
-    matmul_q8i8_ref(x.data(), s.M, w.view, bias.data(), want.data());
-    matmul(x.data(), s.M, w.view, bias.data(), got.data());
-    const std::string what = "M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K) +
-                             " block=" + std::to_string(s.block);
-    expect_q8i8_close(got, want, x, w.view, s.M, what);
-    // matmul_add accumulates the same products.
-    std::vector<float> acc(want.size(), 1.5f);
-    matmul_add(x.data(), s.M, w.view, acc.data());
-    for (size_t i = 0; i < want.size(); ++i) want[i] = want[i] - bias[i % static_cast<size_t>(s.N)] + 1.5f;
-    expect_q8i8_close(acc, want, x, w.view, s.M, what + " (add)");
-  }
-}
-
-TEST_F(FastMode, Q8Int8MultiAndGateUpSwigluRowsDoNotDependOnM) {
-  if (!int8dot_supported()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
-  set_kernel_path(KernelPath::AVX512);
-  set_compute_mode(ComputeMode::Fast);
-  for (const int64_t K : {int64_t{1088}, int64_t{1056}}) {  // K % 64 == 0 and == 32
-    const int64_t I = 45, kMaxM = 100;
-    Q8Weight a(50, K, 32, 51u), b(9, K, 32, 52u), g(I, K, 32, 53u), u(I, K, 32, 54u);
-    const auto x = randn(static_cast<size_t>(kMaxM * K), 55u);
-    const auto bias = randn(50, 56u);
-    // M <= 32: the whole K per microkernel call; above: 1024-column chunks, 96-row blocks.
-    const RowOutputs one =
-        expect_rows_do_not_depend_on_m(x, K, kMaxM, a.view, b.view, g.view, u.view, bias, {1, 2, 3, 4, 5, 8, 9, 32, 33, 97, 100});
-    std::vector<float> wa(one.ya.size()), wg(one.sw.size()), wu(one.sw.size());
-    matmul_q8i8_ref(x.data(), kMaxM, a.view, bias.data(), wa.data());
-    expect_q8i8_close(one.ya, wa, x, a.view, kMaxM, "q8i8 multi[0] K=" + std::to_string(K));
-    matmul_q8i8_ref(x.data(), kMaxM, g.view, nullptr, wg.data());
-    matmul_q8i8_ref(x.data(), kMaxM, u.view, nullptr, wu.data());
-    // The bound of each product carried through silu(g)·u (|silu'| <= 1.1), plus fp32 rounding.
-    const auto mg = q8i8_magnitudes(x, g.view, kMaxM), mu = q8i8_magnitudes(x, u.view, kMaxM);
-    for (size_t i = 0; i < one.sw.size(); ++i) {
-      const double gv = wg[i], silu = gv / (1.0 + std::exp(-gv)), want = silu * wu[i];
-      const double tol = 1.1 * (1e-5 * mg[i] + 1e-6) * std::fabs(wu[i]) + (1e-5 * mu[i] + 1e-6) * std::fabs(silu) + 1e-6 * (1.0 + std::fabs(want));
-      ASSERT_NEAR(one.sw[i], want, tol) << "q8i8 gate_up_swiglu " << i;
-    }
-  }
-  // A q8 and a BF16 output in one matmul_multi, and gate/up on the two kernels: each output as
-  // when computed alone.
-  const int64_t K = 1088, M = 7;
-  Q8Weight a(50, K, 32, 61u), g(20, K, 32, 63u);
-  Bf16Weight b(9, K, 62u), u(20, K, 64u);
-  const auto x = randn(static_cast<size_t>(M * K), 65u);
-  std::vector<float> ya(static_cast<size_t>(M * 50)), yb(static_cast<size_t>(M * 9)), ra(ya.size()), rb(yb.size());
-  const MatmulOut outs[2] = {{&a.view, nullptr, ya.data()}, {&b.view, nullptr, yb.data()}};
-  matmul_multi(x.data(), M, outs, 2);
-  matmul(x.data(), M, a.view, nullptr, ra.data());
-  matmul(x.data(), M, b.view, nullptr, rb.data());
-  EXPECT_TRUE(same_bits(ya.data(), ra.data(), M * 50));
-  EXPECT_TRUE(same_bits(yb.data(), rb.data(), M * 9));
-  std::vector<float> gs(static_cast<size_t>(M * 20)), us(gs.size()), sw(gs.size()), rg(gs.size()), ru(gs.size());
-  gate_up_swiglu(x.data(), M, g.view, u.view, gs.data(), us.data(), sw.data());
-  matmul(x.data(), M, g.view, nullptr, rg.data());
-  matmul(x.data(), M, u.view, nullptr, ru.data());
-  for (size_t i = 0; i < sw.size(); ++i) {
-    const float want = rg[i] / (1.0f + std::exp(-rg[i])) * ru[i];
-    ASSERT_NEAR(sw[i], want, 1e-5f * (1.0f + std::fabs(want))) << "mixed gate_up_swiglu " << i;
   }
 }
 
@@ -449,11 +297,9 @@ TEST_F(FastMode, AutoModeIsFastForBf16AndQ8) {
       matmul(x.data(), M, *w, nullptr, f.data());
       set_compute_mode(ComputeMode::Auto);
       matmul(x.data(), M, *w, nullptr, a.data());
-      const bool q8 = w->dtype == DType::I8;
-      const bool fast_here = p == KernelPath::AVX512 && (q8 ? int8dot_supported() : fast_bf16_supported());
+      const bool fast_here = p == KernelPath::AVX512 && fast_bf16_supported();
       const std::string what = std::string(kernel_path_name(p)) + " " + dtype_name(w->dtype);
-      EXPECT_EQ(q8 ? uses_int8dot(*w) : uses_bf16dot(*w), fast_here) << what;
-      EXPECT_EQ(uses_fast_kernels(*w), fast_here) << what;
+      EXPECT_EQ(uses_bf16dot(*w), fast_here) << what;
       EXPECT_TRUE(same_bits(a.data(), (fast_here ? f : e).data(), M * N)) << what;
       if (fast_here) {
         EXPECT_FALSE(same_bits(e.data(), f.data(), M * N)) << what;

@@ -112,13 +112,11 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
     const double fma_gflops = kernels::probe_fma_gflops(1.0);
     const bool fast = kernels::active_compute_mode() != kernels::ComputeMode::Exact;
     const double bf16_gflops = fast ? kernels::probe_bf16dot_gflops(1.0) : 0.0;
-    const double int8_gops = fast ? kernels::probe_int8dot_gops(1.0) : 0.0;
     const char* path = kernels::kernel_path_name(kernels::active_kernel_path());
     if (!o->json) {
       std::printf("machine: %d threads, kernels %s, %s mode, read bandwidth %.1f GB/s, fp32 FMA peak %.1f GFLOP/s", threads,
                   path, kernels::compute_mode_name(kernels::active_compute_mode()), bw_gbs, fma_gflops);
       if (bf16_gflops > 0) std::printf(", bf16-dot peak %.1f GFLOP/s", bf16_gflops);
-      if (int8_gops > 0) std::printf(", int8-dot peak %.1f GOP/s", int8_gops);
       std::printf("\n");
     }
 
@@ -216,13 +214,10 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
       const ModelWeights w = o->model_dir.empty() ? with_streams(backbone, P, o->seed) : backbone;
       const ModelConfig& c = w.config;
       const bench::ModelCost cost = model_cost(w);
-      // The compute peak of the backbone's matmuls: the bf16 or int8 dot-product rate where they
-      // run on those kernels (fast mode), else the fp32 FMA rate.
+      // The compute peak of the backbone's matmuls: the bf16 dot-product rate where they run on
+      // those kernels (fast mode), else the fp32 FMA rate.
       const bool on_bf16dot = !w.bb().layers.empty() && kernels::uses_bf16dot(w.bb().layers[0].gate_proj);
-      const bool on_int8dot = !w.bb().layers.empty() && kernels::uses_int8dot(w.bb().layers[0].gate_proj);
-      const double peak_gflops = on_int8dot && int8_gops > 0   ? int8_gops
-                                 : on_bf16dot && bf16_gflops > 0 ? bf16_gflops
-                                                                 : fma_gflops;
+      const double peak_gflops = on_bf16dot && bf16_gflops > 0 ? bf16_gflops : fma_gflops;
       for (int64_t B : batches) {
         reset_peak_rss();
         double prefill_s = INFINITY;
@@ -287,7 +282,7 @@ parscale::cli::RegisterCommand reg("bench", "measure prefill and decode speed, m
     if (o->json) {
       std::ostringstream js;
       js << "{\"machine\": {\"threads\": " << threads << ", \"kernels\": \"" << path << "\", \"read_bandwidth_gbs\": " << bw_gbs
-         << ", \"fma_peak_gflops\": " << fma_gflops << ", \"bf16dot_peak_gflops\": " << bf16_gflops << ", \"int8dot_peak_gops\": " << int8_gops << ", \"compute_mode\": \""
+         << ", \"fma_peak_gflops\": " << fma_gflops << ", \"bf16dot_peak_gflops\": " << bf16_gflops << ", \"compute_mode\": \""
          << kernels::compute_mode_name(kernels::active_compute_mode()) << "\"}, \"source\": \"" << source << "\", \"prompt_len\": " << o->prompt_len
          << ", \"decode_steps\": " << o->decode_steps << ", \"results\": [";
       for (size_t i = 0; i < rows.size(); ++i) {

@@ -49,7 +49,7 @@ Engine::Engine(std::shared_ptr<const Backbone> backbone, std::shared_ptr<const A
   EngineOptions o = options;
   if (o.prefill_rows_while_decoding < 0)
     o.prefill_rows_while_decoding =
-        !b.layers.empty() && kernels::uses_fast_kernels(b.layers[0].gate_proj) ? kPrefillRowsFast : kPrefillRowsExact;
+        !b.layers.empty() && kernels::uses_bf16dot(b.layers[0].gate_proj) ? kPrefillRowsFast : kPrefillRowsExact;
   impl_ = std::make_unique<Impl>(
       b.config, std::move(models), std::move(raw),
       [&b](KvPool& pool) { return std::make_unique<BatchForwardRunner>(b, pool); }, o);

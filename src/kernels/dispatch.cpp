@@ -99,40 +99,19 @@ bool cpu_has_bf16dot() {
 #endif
 }
 
-// PARSCALE_INT8DOT=0 (read once) sends q8 weights with 32k blocks to the bf16 kernels instead
-// (the arithmetic of earlier releases; comparisons).
-bool int8dot_allowed_by_environment() {
-  const char* e = std::getenv("PARSCALE_INT8DOT");
-  return !(e && std::string(e) == "0");
-}
-
-bool cpu_has_int8dot() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return cpu_has(KernelPath::AVX512) && __builtin_cpu_supports("avx512vnni");
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
-// The AVX-512 path active and, in fast mode (and auto), BF16 weights or q8 weights whose scale
-// blocks are a multiple of 16 values: the fast kernels. q8 with blocks a multiple of 32 runs on
-// int8 activations (AVX512-VNNI), other q8 and BF16 on bf16 dot products (AVX512-BF16).
-FastKernel fast_kernel(const WeightView& W) {
+// The AVX-512 path active and, in fast mode, BF16 weights or q8 weights whose scale blocks are a
+// multiple of 16 values (in fast and auto mode): the bf16 dot-product kernels.
+bool use_bf16dot(const WeightView& W) {
   const bool q8 = W.dtype == DType::I8 && W.block > 0 && W.block % 16 == 0;
-  if (W.dtype != DType::BF16 && !q8) return FastKernel::None;
+  if (W.dtype != DType::BF16 && !q8) return false;
   const KernelPath path = active().path;  // (reads the environment on the first call)
   const ComputeMode mode = g_mode.load(std::memory_order_relaxed);
-  if (mode == ComputeMode::Exact || path != KernelPath::AVX512) return FastKernel::None;
-  static const bool int8_ok = int8dot_supported() && int8dot_allowed_by_environment();
-  if (q8 && W.block % kActBlock == 0 && int8_ok) return FastKernel::Q8I8;
-  static const bool bf16_ok = bf16dot_compiled() && cpu_has_bf16dot();
-  return bf16_ok ? FastKernel::Bf16Dot : FastKernel::None;
+  if (mode == ComputeMode::Exact) return false;
+  static const bool ok = bf16dot_compiled() && cpu_has_bf16dot();
+  return ok && path == KernelPath::AVX512;
 }
-
-bool use_bf16dot(const WeightView& W) { return fast_kernel(W) == FastKernel::Bf16Dot; }
 
 const KernelTable& active() {
   const KernelTable* t = g_active.load(std::memory_order_acquire);
@@ -220,11 +199,6 @@ double probe_fma_gflops(double seconds) {
 double probe_bf16dot_gflops(double seconds) {
   if (!fast_bf16_supported()) return 0.0;
   return probe_chains(detail::bf16dot_chains, 16.0 * 64.0, seconds);  // 16 chains x 64 FLOP
-}
-
-double probe_int8dot_gops(double seconds) {
-  if (!int8dot_supported()) return 0.0;
-  return probe_chains(detail::int8dot_chains, 16.0 * 128.0, seconds);  // 16 chains x 128 ops
 }
 
 double probe_read_bandwidth(size_t bytes, double seconds) {
@@ -326,12 +300,6 @@ bool fast_bf16_supported() { return detail::bf16dot_compiled() && detail::cpu_ha
 
 bool uses_bf16dot(const WeightView& W) { return detail::use_bf16dot(W); }
 
-bool int8dot_supported() { return detail::q8i8_compiled() && detail::cpu_has_int8dot(); }
-
-bool uses_int8dot(const WeightView& W) { return detail::fast_kernel(W) == detail::FastKernel::Q8I8; }
-
-bool uses_fast_kernels(const WeightView& W) { return detail::fast_kernel(W) != detail::FastKernel::None; }
-
 namespace {
 // A matrix whose plain copy was released after packing (model/weights.h, pack_fast_weights) can only
 // run on the fast mode's packed kernels.
@@ -357,48 +325,25 @@ void matmul_training(const float* x, int64_t M, const WeightView& W, const float
 }
 }  // namespace
 
-namespace {
-// y = x·W^T + bias (or y += x·W^T) on W's fast kernel; false when W has none (exact mode's kernels).
-bool matmul_fast(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate) {
-  switch (detail::fast_kernel(W)) {
-    case detail::FastKernel::Q8I8: detail::matmul_q8i8(x, M, W, bias, y, accumulate); return true;
-    case detail::FastKernel::Bf16Dot: detail::matmul_bf16dot(x, M, W, bias, y, accumulate); return true;
-    case detail::FastKernel::None: break;
-  }
-  return false;
-}
-}  // namespace
-
 void matmul(const float* x, int64_t M, const WeightView& W, const float* bias, float* y) {
   if (training_f32(W)) return matmul_training(x, M, W, bias, y, false);
-  if (matmul_fast(x, M, W, bias, y, false)) return;
+  if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, bias, y, false);
   require_plain(W);
   detail::active().matmul(x, M, W, bias, y, false);
 }
 
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y) {
   if (training_f32(W)) return matmul_training(x, M, W, nullptr, y, true);
-  if (matmul_fast(x, M, W, nullptr, y, true)) return;
+  if (detail::use_bf16dot(W)) return detail::matmul_bf16dot(x, M, W, nullptr, y, true);
   require_plain(W);
   detail::active().matmul(x, M, W, nullptr, y, true);
 }
 
 void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
   if (count < 0 || count > 8) throw Error("matmul_multi: at most 8 outputs");  // (no string built per call)
-  // All on one fast kernel with one K: x converted once. All on fast kernels, mixed: one by one.
-  const detail::FastKernel first = count > 0 ? detail::fast_kernel(*outs[0].W) : detail::FastKernel::None;
-  bool same = first != detail::FastKernel::None, fast = count > 0;
-  for (int i = 0; i < count; ++i) {
-    const detail::FastKernel k = detail::fast_kernel(*outs[i].W);
-    same = same && k == first && outs[i].W->cols == outs[0].W->cols;
-    fast = fast && k != detail::FastKernel::None;
-  }
-  if (same && first == detail::FastKernel::Q8I8) return detail::matmul_multi_q8i8(x, M, outs, count);
-  if (same && first == detail::FastKernel::Bf16Dot) return detail::matmul_multi_bf16dot(x, M, outs, count);
-  if (fast) {
-    for (int i = 0; i < count; ++i) matmul_fast(x, M, *outs[i].W, outs[i].bias, outs[i].y, false);
-    return;
-  }
+  bool bf16dot = count > 0;
+  for (int i = 0; i < count; ++i) bf16dot = bf16dot && detail::use_bf16dot(*outs[i].W) && outs[i].W->cols == outs[0].W->cols;
+  if (bf16dot) return detail::matmul_multi_bf16dot(x, M, outs, count);
   bool training = count > 0;
   for (int i = 0; i < count; ++i) training = training && training_f32(*outs[i].W);
   if (training) {
@@ -410,14 +355,7 @@ void matmul_multi(const float* x, int64_t M, const MatmulOut* outs, int count) {
 }
 
 void gate_up_swiglu(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up, float* out) {
-  const detail::FastKernel kg = detail::fast_kernel(Wg), ku = detail::fast_kernel(Wu);
-  if (kg == detail::FastKernel::Q8I8 && ku == kg && Wg.cols == Wu.cols) return detail::gate_up_swiglu_q8i8(x, M, Wg, Wu, gate, up, out);
-  if (kg == detail::FastKernel::Bf16Dot && ku == kg) return detail::gate_up_swiglu_bf16dot(x, M, Wg, Wu, gate, up, out);
-  if (kg != detail::FastKernel::None && ku != detail::FastKernel::None) {  // fast, on two kernels
-    matmul_fast(x, M, Wg, nullptr, gate, false);
-    matmul_fast(x, M, Wu, nullptr, up, false);
-    return swiglu(gate, up, out, M * Wg.rows);
-  }
+  if (detail::use_bf16dot(Wg) && detail::use_bf16dot(Wu)) return detail::gate_up_swiglu_bf16dot(x, M, Wg, Wu, gate, up, out);
   require_plain(Wg);
   require_plain(Wu);
   detail::active().gate_up_swiglu(x, M, Wg, Wu, gate, up, out);

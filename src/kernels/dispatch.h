@@ -54,16 +54,4 @@ void matmul_multi_bf16dot(const float* x, int64_t M, const MatmulOut* outs, int 
 void gate_up_swiglu_bf16dot(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
                             float* out);
 
-// Fast compute mode, q8 weights with blocks a multiple of 32 (matmul_q8i8.cpp; AVX512-VNNI): int8
-// activations. q8i8_compiled() is false where the compiler cannot build them (the others then throw).
-bool q8i8_compiled();
-float int8dot_chains(int64_t iters);  // the int8 peak probe's inner loop (16 vpdpbusd chains)
-void matmul_q8i8(const float* x, int64_t M, const WeightView& W, const float* bias, float* y, bool accumulate);
-void matmul_multi_q8i8(const float* x, int64_t M, const MatmulOut* outs, int count);
-void gate_up_swiglu_q8i8(const float* x, int64_t M, const WeightView& Wg, const WeightView& Wu, float* gate, float* up,
-                         float* out);
-// Which fast kernels run W now (none: exact mode's kernels of the active path).
-enum class FastKernel { None, Bf16Dot, Q8I8 };
-FastKernel fast_kernel(const WeightView& W);
-
 }  // namespace parscale::kernels::detail

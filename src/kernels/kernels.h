@@ -28,20 +28,16 @@ void set_kernel_path(KernelPath p);
 
 // ---- compute modes ----------------------------------------------------------------------------
 // Exact: fp32 activations and fp32 FMAs on every path (what the golden tests check).
-// Fast, on the AVX-512 path:
-// - BF16 weights (CPU with AVX512-BF16): matmul, matmul_add, matmul_multi and gate_up_swiglu round
-//   the activations to bf16 (nearest even) and use bf16 dot products with fp32 accumulation
-//   (reference: matmul_bf16_ref).
-// - q8 weights whose scale block is a multiple of 32 values (CPU with AVX512-VNNI): the
-//   activations are quantized to int8 per row in blocks of 32 values (quantize_rows_q8_ref) and
-//   multiplied on int8 dot products, exact per block, scaled in fp32 (reference: matmul_q8i8_ref).
-// - other q8 weights whose block is a multiple of 16: the bf16 kernels with each weight dequantized
-//   to bf16(float(q) * scale) (reference: matmul_q8bf16_ref).
-// Everything else, and every other path or dtype, computes as in exact mode.
-// Auto (the default): the choice per dtype, today the same as fast: BF16 and q8 weights run fast,
-// F32 and F16 exactly. (Fast moves the demo model's perplexity by 0.02 % or less for BF16 and
-// TODO for q8, and runs BF16 prefill ~2.4x faster than exact with oneDNN-packed weights and q8
-// decode TODO: docs/PERFORMANCE.md, "Round 4" and "Round 7".) Golden tests pin exact mode.
+// Fast: for BF16 weights on the AVX-512 path of a CPU with AVX512-BF16, matmul, matmul_add,
+// matmul_multi and gate_up_swiglu round the activations to bf16 (nearest even) and use bf16 dot
+// products with fp32 accumulation (reference: matmul_bf16_ref); q8 weights whose scale block is a
+// multiple of 16 values take the same kernels with each weight dequantized to
+// bf16(float(q) * scale) (reference: matmul_q8bf16_ref); everything else, and every other path or
+// dtype, computes as in exact mode.
+// Auto (the default): the choice per dtype, today the same as fast: BF16 and q8 weights run fast
+// where the CPU has AVX512-BF16, F32 and F16 exactly. (Fast moves the demo model's perplexity by
+// 0.02 % or less and, with BF16 weights packed for oneDNN, runs BF16 prefill ~2.4x faster than
+// exact: docs/PERFORMANCE.md, "Round 4".) Golden tests pin exact mode.
 // All modes are batch invariant: an output row does not depend on the number of rows M or on the
 // other rows. The environment variable PARSCALE_COMPUTE=exact|fast|auto (read once, at the first
 // kernel call) or set_compute_mode() picks it.
@@ -53,13 +49,9 @@ ComputeMode active_compute_mode();
 void set_compute_mode(ComputeMode m);
 // Whether this binary and CPU have the bf16 dot-product kernels the fast mode uses.
 bool fast_bf16_supported();
-// Whether this binary and CPU have the int8 dot-product kernels (AVX512-VNNI) fast mode's q8 uses.
-bool int8dot_supported();
-// Whether matmuls with W run now on the bf16 dot-product kernels, on the int8 ones, on either
-// (fast or auto mode, AVX-512 path, W's dtype and block as above).
+// Whether matmuls with W run on those kernels now (fast mode: BF16 or q8 W; auto: q8 W; AVX-512
+// path only).
 bool uses_bf16dot(const WeightView& W);
-bool uses_int8dot(const WeightView& W);
-bool uses_fast_kernels(const WeightView& W);
 
 // ---- machine probes (for roofline figures; run on the active path, all pool threads) ---------
 // Sustained fp32 FMA rate in GFLOP/s (independent register-resident FMA chains, about `seconds`).
@@ -68,10 +60,6 @@ double probe_fma_gflops(double seconds);
 // instruction; independent chains, all pool threads, about `seconds`); 0 where
 // fast_bf16_supported() is false. The compute peak of fast mode's matmuls.
 double probe_bf16dot_gflops(double seconds);
-// Sustained AVX512-VNNI int8 dot-product rate in GOP/s (vpdpbusd: 64 multiply-adds, 128 ops, per
-// instruction; as the bf16 probe); 0 where int8dot_supported() is false. The compute peak of fast
-// mode's q8 matmuls.
-double probe_int8dot_gops(double seconds);
 // Streaming-read bandwidth in GB/s over a freshly allocated buffer of `bytes` (freed on return).
 double probe_read_bandwidth(size_t bytes, double seconds);
 
@@ -85,14 +73,6 @@ void matmul_ref(const float* x, int64_t M, const WeightView& W, const float* bia
 void matmul_bf16_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
 // The fast mode's arithmetic for q8 W: as matmul_bf16_ref with w = bf16(float(q) * scale).
 void matmul_q8bf16_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
-// The fast mode's activation quantization for q8 W: per row, per block of kActBlock values
-// (K a multiple of it; x finite): amax = max |x|, scales[m, b] = amax / 127, q = x · (127 / amax)
-// rounded to nearest even (0 when amax = 0), all in fp32. q [M, K], scales [M, K / kActBlock].
-constexpr int64_t kActBlock = 32;
-void quantize_rows_q8_ref(const float* x, int64_t M, int64_t K, int8_t* q, float* scales);
-// The fast mode's arithmetic for q8 W with blocks a multiple of 32: x quantized as above, each
-// block's exact integer dot times x's and W's scales, summed in double.
-void matmul_q8i8_ref(const float* x, int64_t M, const WeightView& W, const float* bias, float* y);
 // y[M, N] += x[M, K] · W[N, K]^T (the residual add fused into the matmul).
 void matmul_add(const float* x, int64_t M, const WeightView& W, float* y);
 
