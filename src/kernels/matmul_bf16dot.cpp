@@ -307,6 +307,13 @@ void micro_q8_rows(int mr, const uint16_t* xb, int64_t ldx, const WeightView& W,
 // per-thread bf16 buffer before use. (The chunking changes no arithmetic: the partial sums carry
 // over, so results are the same.)
 constexpr int64_t kDecodeRows = 32;
+// Decode hands the tiles out in contiguous runs (about 16 per thread; dynamically, so a thread the
+// OS delays does not hold the others for a fixed share), not one at a time: with single tiles the
+// threads alternate 24-48 KB pieces of the weights and each core's stream is cut every piece,
+// which halved the rate weights came from DRAM (BM_MatmulFromDram, q8 8320 x 1536, one row: 0.62
+// ms one tile at a time, 0.28-0.30 ms in runs; docs/PERFORMANCE.md, "Round 7"). Which thread
+// computes a tile changes no result.
+int64_t decode_grain(int64_t n_tiles) { return std::max<int64_t>(1, n_tiles / (16 * static_cast<int64_t>(num_threads()))); }
 void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
   if (Wt.packed) return matmul_packed(xb, M, *Wt.packed, y);  // oneDNN (packed.h; Kp == K)
   const int64_t N = Wt.rows, K = Wt.cols;
@@ -318,7 +325,7 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
   constexpr int64_t lda = NB * kLanes;
   if (q8 && M <= 2 * MR) {  // q8 decode: dequantized in registers, no buffer
     const int64_t step = M <= MR ? NR : NR / 2;  // weight rows per microkernel call
-    parallel_for(n_tiles, 1, [&](int64_t tb, int64_t te, int) {
+    parallel_for(n_tiles, decode_grain(n_tiles), [&](int64_t tb, int64_t te, int) {
       for (int64_t t = tb; t < te; ++t) {
         const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
         for (int64_t j = 0; j < nr; j += step) {
@@ -331,7 +338,7 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
     });
     return;
   }
-  parallel_for(n_tiles, 1, [&](int64_t tb, int64_t te, int) {
+  parallel_for(n_tiles, M <= kDecodeRows ? decode_grain(n_tiles) : 1, [&](int64_t tb, int64_t te, int) {
     alignas(64) float accbuf[MB * NB * kLanes];
     alignas(64) uint16_t wbuf[NB * KC];  // q8 only: the dequantized weight chunk
     for (int64_t t = tb; t < te; ++t) {
