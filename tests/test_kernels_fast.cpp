@@ -244,23 +244,30 @@ TEST_F(FastMode, Q8MultiAndGateUpSwigluRowsDoNotDependOnM) {
   if (!fast_bf16_supported()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
   set_kernel_path(KernelPath::AVX512);
   set_compute_mode(ComputeMode::Fast);
-  const int64_t K = 1088, I = 45, kMaxM = 100;
-  Q8Weight a(50, K, 32, 51u), g(I, K, 32, 53u), u(I, K, 32, 54u);
-  Bf16Weight b(9, K, 52u);  // a BF16 output beside q8 ones in one matmul_multi
-  const auto x = randn(static_cast<size_t>(kMaxM * K), 55u);
-  const auto bias = randn(50, 56u);
-  // M = 1-8: the register-dequantizing decode kernels; above: the buffered chunks.
-  const RowOutputs one = expect_rows_do_not_depend_on_m(x, K, kMaxM, a.view, b.view, g.view, u.view, bias, {1, 2, 5, 7, 8, 9, 32, 33, 97, 100});
-  const std::vector<float>&ya1 = one.ya, &sw1 = one.sw;
-  std::vector<float> wa(ya1.size()), wg(sw1.size()), wu(sw1.size());
-  matmul_q8bf16_ref(x.data(), kMaxM, a.view, bias.data(), wa.data());
-  const auto ab = a.dequantized_bf16();
-  expect_fast_close(ya1, wa, x, WeightView{DType::BF16, ab.data(), 50, K}, kMaxM, "q8 multi[0]");
-  matmul_q8bf16_ref(x.data(), kMaxM, g.view, nullptr, wg.data());
-  matmul_q8bf16_ref(x.data(), kMaxM, u.view, nullptr, wu.data());
-  for (size_t i = 0; i < sw1.size(); ++i) {
-    const double gv = wg[i], want = gv / (1.0 + std::exp(-gv)) * wu[i];
-    ASSERT_NEAR(sw1[i], want, 1e-4 * (1.0 + std::fabs(want))) << "q8 gate_up_swiglu " << i;
+  // K: an even and an odd number of 32-column blocks (the decode loop takes two blocks per turn);
+  // blocks of 32 (the decode kernel's own loop for up to 4 x rows) and 64.
+  struct Case { int64_t K, block; };
+  for (const Case c : {Case{1088, 32}, Case{1056, 32}, Case{1088, 64}}) {
+    const int64_t K = c.K, I = 45, kMaxM = 100;
+    const std::string what = "K=" + std::to_string(K) + " block=" + std::to_string(c.block);
+    Q8Weight a(50, K, c.block, 51u), g(I, K, c.block, 53u), u(I, K, c.block, 54u);
+    Bf16Weight b(9, K, 52u);  // a BF16 output beside q8 ones in one matmul_multi
+    const auto x = randn(static_cast<size_t>(kMaxM * K), 55u);
+    const auto bias = randn(50, 56u);
+    // M = 1-8: the register-dequantizing decode kernels; above: the buffered chunks.
+    const RowOutputs one =
+        expect_rows_do_not_depend_on_m(x, K, kMaxM, a.view, b.view, g.view, u.view, bias, {1, 2, 3, 4, 5, 7, 8, 9, 32, 33, 97, 100});
+    const std::vector<float>&ya1 = one.ya, &sw1 = one.sw;
+    std::vector<float> wa(ya1.size()), wg(sw1.size()), wu(sw1.size());
+    matmul_q8bf16_ref(x.data(), kMaxM, a.view, bias.data(), wa.data());
+    const auto ab = a.dequantized_bf16();
+    expect_fast_close(ya1, wa, x, WeightView{DType::BF16, ab.data(), 50, K}, kMaxM, "q8 multi[0] " + what);
+    matmul_q8bf16_ref(x.data(), kMaxM, g.view, nullptr, wg.data());
+    matmul_q8bf16_ref(x.data(), kMaxM, u.view, nullptr, wu.data());
+    for (size_t i = 0; i < sw1.size(); ++i) {
+      const double gv = wg[i], want = gv / (1.0 + std::exp(-gv)) * wu[i];
+      ASSERT_NEAR(sw1[i], want, 1e-4 * (1.0 + std::fabs(want))) << "q8 gate_up_swiglu " << what << " " << i;
+    }
   }
 }
 

@@ -10,9 +10,13 @@
 //
 // Why q8 is not run on int8 dot products (VNNI vpdpbusd) here: with one scale per 32 weights every
 // 64-byte vpdpbusd covers two blocks and must be converted and rescaled before the next (vpdpbusd
-// + vcvtdq2ps + a scale product + vfmadd: 4 instructions per 64 products), against 2 vdpbf16ps
-// for the same 64 products after a dequantization that costs ~8 instructions per 32 weights once
-// per tile and block of up to 96 x rows.
+// + vcvtdq2ps + a scale product + vfmadd: 4 instructions per 64 products and x row), against 2
+// vdpbf16ps for the same 64 products after a dequantization that costs ~8 instructions per 32
+// weights once per tile and block of up to 96 x rows. Built and measured (commit 9d2869f, removed
+// in the next): x quantized per row in blocks of 32, exact int32 block dots: slower on an AMD
+// Zen 5 class CPU for prefill (85 against 124 tok/s), P = 8 decode (126-136 against 96-103 ms)
+// and even one-row decode (0.33 against 0.28 ms per 8320 x 1536 matrix from DRAM);
+// docs/PERFORMANCE.md, "Round 7".
 //
 // References: matmul_bf16_ref (bf16-rounded x, exact products, double accumulation); for q8,
 // matmul_q8bf16_ref (the same with w = bf16(float(q) * scale)).
@@ -213,7 +217,9 @@ void dequant_q8_chunk(const WeightView& W, int64_t n0, int64_t nr, int64_t k0, i
 // columns, each of the NR weight rows is dequantized exactly as dequant_q8_chunk does it and used
 // by all MRr x rows at once; the whole K in one pass. Same values, same chain per lane, same
 // horizontal sum as the chunked path, so the same bits. Each row's line of the same columns NR
-// rows further down is prefetched as this one is read.
+// rows further down is prefetched as this one is read, and that row's scales every 512 columns
+// (their loads had held ~19 % of a one-row decode profile; BM_MatmulFromDram q8 one row 0.28 ->
+// 0.26 ms; prefetching 8 or 16 rows ahead instead of 4 measured slower).
 template <int MRr, int NRr>
 void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_t* rows, int64_t Kp, float* y,
               int64_t ldy, int64_t nr) {
@@ -222,11 +228,13 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
   const int8_t* wr[NRr];
   const int8_t* ahead[NRr];
   const float* sc[NRr];
+  const float* sc_ahead[NRr];
 #pragma GCC unroll 8
   for (int j = 0; j < NRr; ++j) {
     wr[j] = q + rows[j] * K;
     ahead[j] = q + prefetch_row(rows[j], NRr, W.rows) * K;
     sc[j] = W.scales + rows[j] * nb;
+    sc_ahead[j] = W.scales + prefetch_row(rows[j], NRr, W.rows) * nb;
   }
   __m512 acc[MRr][NRr];
 #pragma GCC unroll 8
@@ -246,12 +254,51 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
     }
   };
   int64_t k = 0;
+  if (MRr <= MR && block == kStep) {
+    // Blocks of 32 (the default), up to MR x rows: one scale per row and step, read as the
+    // multiplication's broadcast operand (no block tracking, no branches); two steps per
+    // iteration, so each row's weight line (64 columns) is prefetched once without a test. Same
+    // operations per value as below: the same bits. (BM_MatmulFromDram q8 one row 0.26 -> 0.24
+    // ms; with 8 x rows this loop measured 1.6x slower than the one below, hence MR.)
+    auto step = [&](int64_t kk, bool prefetch) {
+      __m512bh xv[MRr];
+#pragma GCC unroll 8
+      for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + kk));
+#pragma GCC unroll 8
+      for (int j = 0; j < NRr; ++j) {
+        if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(ahead[j] + kk), _MM_HINT_T0);
+        const __m512 sj = _mm512_set1_ps(sc[j][kk / kStep]);
+        const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + kk)))), sj);
+        const __m512 hi = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + kk + 16)))), sj);
+        const __m512bh wv = _mm512_cvtne2ps_pbh(hi, lo);
+#pragma GCC unroll 8
+        for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
+      }
+    };
+    for (; k + 2 * kStep <= K; k += 2 * kStep) {
+      if ((k & 511) == 0) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NRr; ++j) _mm_prefetch(reinterpret_cast<const char*>(sc_ahead[j] + k / kStep), _MM_HINT_T0);
+      }
+      step(k, true);
+      step(k + kStep, false);
+    }
+    if (k + kStep <= K) {  // (K is a multiple of the block, so nothing is left after this)
+      step(k, true);
+      k += kStep;
+    }
+  }
   for (; k + kStep <= K; k += kStep) {
     __m512bh xv[MRr];
 #pragma GCC unroll 8
     for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
     rescale(k);
     __m512 lo[NRr];
+    if ((k & 511) == 0) {  // the look-ahead rows' scales of the next 512 columns (one line at blocks of 32)
+#pragma GCC unroll 8
+      for (int j = 0; j < NRr; ++j) _mm_prefetch(reinterpret_cast<const char*>(sc_ahead[j] + b), _MM_HINT_T0);
+    }
 #pragma GCC unroll 8
     for (int j = 0; j < NRr; ++j) {
       if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead[j] + k), _MM_HINT_T0);
