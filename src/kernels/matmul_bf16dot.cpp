@@ -85,6 +85,12 @@ constexpr int64_t KC = 1024;      // K per chunk (NB rows x KC bf16 = 32 KB: L1)
 
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
+// float(q[0 .. 16)) * scale: the dequantization every q8 path shares (the chunk buffer and the
+// decode registers alike, so they produce the same bits).
+inline __m512 dequant16(const int8_t* q, __m512 scale) {
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))), scale);
+}
+
 // xb[m, 0 .. Kp) = bf16(x[m, 0 .. K)), zero padded to Kp (>= K: a multiple of 32 for our kernels,
 // K itself for packed weights).
 void to_bf16_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint16_t* xb) {
@@ -196,8 +202,7 @@ void dequant_q8_chunk(const WeightView& W, int64_t n0, int64_t nr, int64_t k0, i
         bnext += block;
         s = _mm512_set1_ps(sc[b]);
       }
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
-      return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), s);
+      return dequant16(row + k, s);
     };
     int64_t k = k0;
     for (; k + kStep <= kvalid; k += kStep) {
@@ -253,6 +258,12 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
       for (int j = 0; j < NRr; ++j) s[j] = _mm512_set1_ps(sc[j][b]);
     }
   };
+  // The look-ahead rows' scales of the next 512 columns from scale block `blk` (one line at blocks
+  // of 32).
+  auto prefetch_scales = [&](int64_t blk) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NRr; ++j) _mm_prefetch(reinterpret_cast<const char*>(sc_ahead[j] + blk), _MM_HINT_T0);
+  };
   int64_t k = 0;
   if (MRr <= MR && block == kStep) {
     // Blocks of 32 (the default), up to MR x rows: one scale per row and step, read as the
@@ -268,19 +279,13 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
       for (int j = 0; j < NRr; ++j) {
         if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(ahead[j] + kk), _MM_HINT_T0);
         const __m512 sj = _mm512_set1_ps(sc[j][kk / kStep]);
-        const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + kk)))), sj);
-        const __m512 hi = _mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + kk + 16)))), sj);
-        const __m512bh wv = _mm512_cvtne2ps_pbh(hi, lo);
+        const __m512bh wv = _mm512_cvtne2ps_pbh(dequant16(wr[j] + kk + 16, sj), dequant16(wr[j] + kk, sj));
 #pragma GCC unroll 8
         for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
       }
     };
     for (; k + 2 * kStep <= K; k += 2 * kStep) {
-      if ((k & 511) == 0) {
-#pragma GCC unroll 8
-        for (int j = 0; j < NRr; ++j) _mm_prefetch(reinterpret_cast<const char*>(sc_ahead[j] + k / kStep), _MM_HINT_T0);
-      }
+      if ((k & 511) == 0) prefetch_scales(k / kStep);
       step(k, true);
       step(k + kStep, false);
     }
@@ -295,21 +300,16 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
     for (int m = 0; m < MRr; ++m) xv[m] = as_bh(_mm512_loadu_si512(xb + m * ldx + k));
     rescale(k);
     __m512 lo[NRr];
-    if ((k & 511) == 0) {  // the look-ahead rows' scales of the next 512 columns (one line at blocks of 32)
-#pragma GCC unroll 8
-      for (int j = 0; j < NRr; ++j) _mm_prefetch(reinterpret_cast<const char*>(sc_ahead[j] + b), _MM_HINT_T0);
-    }
+    if ((k & 511) == 0) prefetch_scales(b);
 #pragma GCC unroll 8
     for (int j = 0; j < NRr; ++j) {
       if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead[j] + k), _MM_HINT_T0);
-      lo[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k)))), s[j]);
+      lo[j] = dequant16(wr[j] + k, s[j]);
     }
     rescale(k + 16);
 #pragma GCC unroll 8
     for (int j = 0; j < NRr; ++j) {
-      const __m512 hi = _mm512_mul_ps(
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k + 16)))), s[j]);
-      const __m512bh wv = _mm512_cvtne2ps_pbh(hi, lo[j]);
+      const __m512bh wv = _mm512_cvtne2ps_pbh(dequant16(wr[j] + k + 16, s[j]), lo[j]);
 #pragma GCC unroll 8
       for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
     }
@@ -321,8 +321,7 @@ void micro_q8(const uint16_t* xb, int64_t ldx, const WeightView& W, const int64_
     rescale(k);
 #pragma GCC unroll 8
     for (int j = 0; j < NRr; ++j) {
-      const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k)))), s[j]);
-      const __m512bh wv = _mm512_cvtne2ps_pbh(_mm512_setzero_ps(), lo);
+      const __m512bh wv = _mm512_cvtne2ps_pbh(_mm512_setzero_ps(), dequant16(wr[j] + k, s[j]));
 #pragma GCC unroll 8
       for (int m = 0; m < MRr; ++m) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv[m], wv);
     }
@@ -354,13 +353,12 @@ void micro_q8_rows(int mr, const uint16_t* xb, int64_t ldx, const WeightView& W,
 // per-thread bf16 buffer before use. (The chunking changes no arithmetic: the partial sums carry
 // over, so results are the same.)
 constexpr int64_t kDecodeRows = 32;
-// Decode hands the tiles out in contiguous runs (about 16 per thread; dynamically, so a thread the
-// OS delays does not hold the others for a fixed share), not one at a time: with single tiles the
-// threads alternate 24-48 KB pieces of the weights and each core's stream is cut every piece,
-// which halved the rate weights came from DRAM (BM_MatmulFromDram, q8 8320 x 1536, one row: 0.62
-// ms one tile at a time, 0.28-0.30 ms in runs; docs/PERFORMANCE.md, "Round 7"). Which thread
-// computes a tile changes no result.
-int64_t decode_grain(int64_t n_tiles) { return std::max<int64_t>(1, n_tiles / (16 * static_cast<int64_t>(num_threads()))); }
+// Decode hands the tiles out in contiguous runs (about 16 per thread, grain_for(n, 16), as the
+// exact kernels do; dynamically, so a thread the OS delays does not hold the others for a fixed
+// share), not one at a time: with single tiles the threads alternate 24-48 KB pieces of the
+// weights and each core's stream is cut every piece, which halved the rate weights came from DRAM
+// (BM_MatmulFromDram, q8 8320 x 1536, one row: 0.62 ms one tile at a time, 0.28-0.30 ms in runs;
+// docs/PERFORMANCE.md, "Round 7"). Which thread computes a tile changes no result.
 void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float* y) {
   if (Wt.packed) return matmul_packed(xb, M, *Wt.packed, y);  // oneDNN (packed.h; Kp == K)
   const int64_t N = Wt.rows, K = Wt.cols;
@@ -372,7 +370,7 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
   constexpr int64_t lda = NB * kLanes;
   if (q8 && M <= 2 * MR) {  // q8 decode: dequantized in registers, no buffer
     const int64_t step = M <= MR ? NR : NR / 2;  // weight rows per microkernel call
-    parallel_for(n_tiles, decode_grain(n_tiles), [&](int64_t tb, int64_t te, int) {
+    parallel_for(n_tiles, grain_for(n_tiles, 16), [&](int64_t tb, int64_t te, int) {
       for (int64_t t = tb; t < te; ++t) {
         const int64_t n0 = t * NB, nr = std::min(NB, N - n0);
         for (int64_t j = 0; j < nr; j += step) {
@@ -385,7 +383,7 @@ void run(const uint16_t* xb, int64_t M, int64_t Kp, const WeightView& Wt, float*
     });
     return;
   }
-  parallel_for(n_tiles, M <= kDecodeRows ? decode_grain(n_tiles) : 1, [&](int64_t tb, int64_t te, int) {
+  parallel_for(n_tiles, M <= kDecodeRows ? grain_for(n_tiles, 16) : 1, [&](int64_t tb, int64_t te, int) {
     alignas(64) float accbuf[MB * NB * kLanes];
     alignas(64) uint16_t wbuf[NB * KC];  // q8 only: the dequantized weight chunk
     for (int64_t t = tb; t < te; ++t) {
